@@ -1,0 +1,123 @@
+"""The one place where errors become gRPC status codes (and, through Envoy, HTTP statuses)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn
+
+import grpc
+
+from pm_errors import ErrorCode, PmError, RateLimited, http_status
+from pm_grpc.http import http_metadata
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.CONFLICT: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.PAYLOAD_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.CONFIGURATION: grpc.StatusCode.INTERNAL,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+_INTERNAL_BODY = {"error": "Internal server error"}
+
+
+async def abort_with(context: grpc.aio.ServicerContext, err: PmError) -> NoReturn:  # type: ignore[type-arg]
+    """End the RPC with the status of `err` and the JSON body REST clients see."""
+    headers = {"retry-after": str(err.retry_after_seconds)} if isinstance(err, RateLimited) else None
+    body = _INTERNAL_BODY if err.code in (ErrorCode.INTERNAL, ErrorCode.CONFIGURATION) else err.body()
+    await context.abort(
+        GRPC_STATUS[err.code],
+        err.message if body is not _INTERNAL_BODY else _INTERNAL_BODY["error"],
+        trailing_metadata=http_metadata(http_status(err.code), body, headers),
+    )
+
+
+async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:  # type: ignore[type-arg]
+    log.error("unhandled error in %s", method, exc_info=exc, extra={"rpc": method})
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error", trailing_metadata=http_metadata(500, _INTERNAL_BODY))
+
+
+async def _abort_unimplemented(context: grpc.aio.ServicerContext, method: str) -> NoReturn:  # type: ignore[type-arg]
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"{method} is not implemented yet",
+        trailing_metadata=http_metadata(501, {"error": "Not implemented", "method": method}),
+    )
+
+
+def _call_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        try:
+            result = behavior(request, context)
+            return await result if isinstance(result, Awaitable) else result
+        except PmError as err:
+            await abort_with(context, err)
+        except NotImplementedError:
+            # The generated servicer base class raises this for RPCs a service does not offer yet.
+            await _abort_unimplemented(context, method)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the top-level handler of every RPC
+            await _abort_unexpected(context, method, exc)
+
+    return guarded
+
+
+def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
+        try:
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                for item in result:
+                    yield item
+        except PmError as err:
+            await abort_with(context, err)
+        except NotImplementedError:
+            await _abort_unimplemented(context, method)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the top-level handler of every RPC
+            await _abort_unexpected(context, method, exc)
+
+    return guarded
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns PmError into its status, and anything unexpected into INTERNAL without details."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _call_guarded(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream_guarded(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Client- and bidi-streaming RPCs are not part of our contracts.
+        return handler

@@ -1,0 +1,92 @@
+"""Service settings read from the environment once, at start-up.
+
+Each service declares one frozen pydantic model derived from `ServiceSettings`; every field is
+read from the upper-cased environment variable of the same name (or its alias). Required fields
+have no default, so a missing one stops start-up with one line that names the variable. Secret
+fields are `SecretStr`: they print as `**********` and `describe()` never shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+__all__ = [
+    "ServiceSettings",
+    "SettingsError",
+    "load_settings",
+]
+
+
+class SettingsError(Exception):
+    """A required setting is missing or a setting has an invalid value."""
+
+
+class ServiceSettings(BaseModel):
+    """Settings every service has."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    log_level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|warn|error|critical)$")
+    pm_env: str = "production"
+    grpc_listen: str = "0.0.0.0:50051"
+    metrics_listen: str = "0.0.0.0:9100"
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str | None = None
+    vault_addr: str | None = None
+    vault_token: SecretStr | None = None
+    vault_kv_mount: str = "secret"
+    vault_path_prefix: str = "production-master"
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+
+    def describe(self) -> dict[str, object]:
+        """Every setting with secrets masked, for the start-up log line."""
+        shown: dict[str, object] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                shown[name] = "set" if value.get_secret_value() else "empty"
+            elif name.endswith("_url") and isinstance(value, str):
+                shown[name] = _strip_userinfo(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+def _strip_userinfo(url: str) -> str:
+    """Hide a password embedded in a URL (postgresql://user:pass@host -> user:***@host)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _env_name(name: str, alias: str | None) -> str:
+    return (alias or name).upper()
+
+
+def load_settings(cls: type[S], environ: Mapping[str, str]) -> S:
+    """Build `cls` from `environ`; raise SettingsError naming the first bad or missing variable."""
+    data: dict[str, Any] = {}
+    env_of: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else field.alias
+        env = _env_name(name, alias)
+        env_of[name] = env
+        if env in environ and environ[env] != "":
+            data[name] = environ[env]
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field_name = str(first["loc"][0]) if first["loc"] else "?"
+        env = env_of.get(field_name, field_name.upper())
+        if first["type"] == "missing":
+            raise SettingsError(f"missing required setting {env}") from None
+        raise SettingsError(f"invalid setting {env}: {first['msg']}") from None
