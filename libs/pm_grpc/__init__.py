@@ -13,7 +13,7 @@ from pm_grpc.client import open_channel
 from pm_grpc.errors import ErrorMappingInterceptor, abort_with
 from pm_grpc.http import HTTP_BODY_KEY, HTTP_STATUS_KEY, set_http_status
 from pm_grpc.ops import OpsServicer, Probe
-from pm_grpc.runtime import ServiceRuntime, ServiceSpec, Telemetry, run_service, service_main
+from pm_grpc.runtime import BuildContext, ServiceRuntime, ServiceSpec, run_service, service_main
 from pm_grpc.server import GrpcServer, ServiceRegistration
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "ServiceRegistration",
     "ServiceRuntime",
     "ServiceSpec",
-    "Telemetry",
+    "BuildContext",
     "abort_with",
     "open_channel",
     "run_service",

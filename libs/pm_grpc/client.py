@@ -11,7 +11,7 @@ def open_channel(target: str, tracer_provider: TracerProvider | None = None) -> 
     """An insecure (cluster-internal) channel with tracing and keepalive; close it when done."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=aio_client_interceptors(tracer_provider=tracer_provider),
+        interceptors=aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import grpc
 
 from pm_errors import ErrorCode, PmError, RateLimited, http_status
-from pm_grpc.http import http_metadata
+from pm_grpc.http import Context, http_metadata
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ GRPC_STATUS: Mapping[ErrorCode, grpc.StatusCode] = {
 _INTERNAL_BODY = {"error": "Internal server error"}
 
 
-async def abort_with(context: grpc.aio.ServicerContext, err: PmError) -> NoReturn:  # type: ignore[type-arg]
+async def abort_with(context: Context, err: PmError) -> NoReturn:
     """End the RPC with the status of `err` and the JSON body REST clients see."""
     headers = {"retry-after": str(err.retry_after_seconds)} if isinstance(err, RateLimited) else None
     body = _INTERNAL_BODY if err.code in (ErrorCode.INTERNAL, ErrorCode.CONFIGURATION) else err.body()
@@ -42,12 +42,14 @@ async def abort_with(context: grpc.aio.ServicerContext, err: PmError) -> NoRetur
     )
 
 
-async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:  # type: ignore[type-arg]
+async def _abort_unexpected(context: Context, method: str, exc: Exception) -> NoReturn:
     log.error("unhandled error in %s", method, exc_info=exc, extra={"rpc": method})
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error", trailing_metadata=http_metadata(500, _INTERNAL_BODY))
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "internal error", trailing_metadata=http_metadata(500, _INTERNAL_BODY)
+    )
 
 
-async def _abort_unimplemented(context: grpc.aio.ServicerContext, method: str) -> NoReturn:  # type: ignore[type-arg]
+async def _abort_unimplemented(context: Context, method: str) -> NoReturn:
     await context.abort(
         grpc.StatusCode.UNIMPLEMENTED,
         f"{method} is not implemented yet",
@@ -56,7 +58,7 @@ async def _abort_unimplemented(context: grpc.aio.ServicerContext, method: str) -
 
 
 def _call_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+    async def guarded(request: Any, context: Context) -> Any:
         try:
             result = behavior(request, context)
             return await result if isinstance(result, Awaitable) else result
@@ -74,7 +76,7 @@ def _call_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, A
 
 
 def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[type-arg]
+    async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
@@ -100,12 +102,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None
         method = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

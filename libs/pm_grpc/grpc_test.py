@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,9 @@ from pm_grpc import GrpcServer, OpsServicer, ServiceRegistration, set_http_statu
 class _Ingest(ingest_pb2_grpc.IngestServiceServicer):
     """Implements two RPCs; the rest stay the generated UNIMPLEMENTED ones."""
 
-    async def Investigate(self, request: ingest_pb2.InvestigateRequest, context: grpc.aio.ServicerContext) -> ingest_pb2.InvestigateResponse:  # type: ignore[type-arg]
+    async def Investigate(
+        self, request: ingest_pb2.InvestigateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.InvestigateResponse:
         if request.ticket_id == "DUP-1":
             raise Conflict("Active investigation already exists for this ticket", details={"investigation_id": "i-1"})
         if request.ticket_id == "SLOW-1":
@@ -39,13 +42,15 @@ async def _fine_probe() -> None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture()
 async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
     ops = OpsServicer("pm-test", "1.0", {"database": _fine_probe, "redis": _broken_probe})
     server = GrpcServer(
         "127.0.0.1:0",
         [
-            ServiceRegistration("pm.ingest.v1.IngestService", ingest_pb2_grpc.add_IngestServiceServicer_to_server, _Ingest()),
+            ServiceRegistration(
+                "pm.ingest.v1.IngestService", ingest_pb2_grpc.add_IngestServiceServicer_to_server, _Ingest()
+            ),
             ServiceRegistration("pm.ops.v1.OpsService", ops_pb2_grpc.add_OpsServiceServicer_to_server, ops),
         ],
         metrics_registry=CollectorRegistry(),
@@ -59,7 +64,7 @@ async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
 
 async def test_health_is_not_serving_until_marked_then_serving(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     server, channel = served
-    stub = health_pb2_grpc.HealthStub(channel)
+    stub: Any = health_pb2_grpc.HealthStub(channel)
     for name in ("", "pm.ingest.v1.IngestService"):
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -71,14 +76,18 @@ async def test_health_is_not_serving_until_marked_then_serving(served: tuple[Grp
 async def test_unimplemented_rpc_answers_unimplemented(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     _, channel = served
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ingest_pb2_grpc.IngestServiceStub(channel).InvestigateBatch(ingest_pb2.InvestigateBatchRequest(), timeout=5)
+        await ingest_pb2_grpc.IngestServiceStub(channel).InvestigateBatch(
+            ingest_pb2.InvestigateBatchRequest(), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_domain_error_maps_to_status_and_http_body(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     _, channel = served
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(ingest_pb2.InvestigateRequest(ticket_id="DUP-1"), timeout=5)
+        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(
+            ingest_pb2.InvestigateRequest(ticket_id="DUP-1"), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     trailers = dict(err.value.trailing_metadata() or ())
     assert trailers["x-pm-http-status"] == "409"
@@ -91,7 +100,9 @@ async def test_domain_error_maps_to_status_and_http_body(served: tuple[GrpcServe
 async def test_rate_limit_carries_retry_after(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     _, channel = served
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(ingest_pb2.InvestigateRequest(ticket_id="SLOW-1"), timeout=5)
+        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(
+            ingest_pb2.InvestigateRequest(ticket_id="SLOW-1"), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     trailers = dict(err.value.trailing_metadata() or ())
     assert trailers["x-pm-http-status"] == "429"
@@ -101,7 +112,9 @@ async def test_rate_limit_carries_retry_after(served: tuple[GrpcServer, grpc.aio
 async def test_unexpected_error_is_internal_without_details(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     _, channel = served
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(ingest_pb2.InvestigateRequest(ticket_id="BUG-1"), timeout=5)
+        await ingest_pb2_grpc.IngestServiceStub(channel).Investigate(
+            ingest_pb2.InvestigateRequest(ticket_id="BUG-1"), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret internals" not in (err.value.details() or "")
     assert "secret internals" not in str(err.value.trailing_metadata())
@@ -109,7 +122,9 @@ async def test_unexpected_error_is_internal_without_details(served: tuple[GrpcSe
 
 async def test_success_can_carry_an_http_status(served: tuple[GrpcServer, grpc.aio.Channel]) -> None:
     _, channel = served
-    call = ingest_pb2_grpc.IngestServiceStub(channel).Investigate(ingest_pb2.InvestigateRequest(ticket_id="PAY-1"), timeout=5)
+    call = ingest_pb2_grpc.IngestServiceStub(channel).Investigate(
+        ingest_pb2.InvestigateRequest(ticket_id="PAY-1"), timeout=5
+    )
     reply = await call
     assert reply.investigation_id == "i-2"
     assert dict(await call.trailing_metadata() or ())["x-pm-http-status"] == "202"

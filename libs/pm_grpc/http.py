@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
+
+# A servicer context of any request/response types.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 HTTP_STATUS_KEY = "x-pm-http-status"
 HTTP_BODY_KEY = "x-pm-http-body"
@@ -37,7 +41,7 @@ def http_metadata(
 
 
 def set_http_status(
-    context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    context: Context,
     status: int,
     body: Mapping[str, object] | None = None,
     headers: Mapping[str, str] | None = None,

@@ -6,11 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pm.ops.v1 import ops_pb2, ops_pb2_grpc
-from pm_grpc.http import set_http_status
+from pm_grpc.http import Context, set_http_status
 
 # A probe returns normally when its dependency answers and raises with a reason otherwise.
 Probe = Callable[[], Awaitable[None]]
@@ -63,7 +62,9 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         self._started = time.monotonic()
 
     async def GetLiveness(
-        self, request: ops_pb2.GetLivenessRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+        self,
+        request: ops_pb2.GetLivenessRequest,
+        context: Context,
     ) -> ops_pb2.GetLivenessResponse:
         return ops_pb2.GetLivenessResponse(
             status="ok",
@@ -74,7 +75,9 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
         )
 
     async def GetReadiness(
-        self, request: ops_pb2.GetReadinessRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+        self,
+        request: ops_pb2.GetReadinessRequest,
+        context: Context,
     ) -> ops_pb2.GetReadinessResponse:
         checks = await check_all(self._probes, self._probe_timeout)
         ready = all(c.healthy for c in checks.values())

@@ -21,10 +21,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pm.ops.v1 import ops_pb2_grpc
 from pm_grpc.ops import OpsServicer, Probe, check_all
@@ -40,11 +40,13 @@ READINESS_INTERVAL_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class Telemetry:
-    """What the composition root gets to instrument its dependencies."""
+class BuildContext:
+    """What a composition root gets besides its settings."""
 
     metrics: MetricsServer
     tracing: Tracing
+    # The process environment captured at start-up (for the environment secret source).
+    environ: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class ServiceRuntime:
 
     registrations: Sequence[ServiceRegistration]
     probes: Mapping[str, Probe]
-    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class ServiceSpec(Generic[S]):
 
     name: str
     settings_type: type[S]
-    build: Callable[[S, Telemetry], AbstractAsyncContextManager[ServiceRuntime]]
+    build: Callable[[S, BuildContext], AbstractAsyncContextManager[ServiceRuntime]]
     version: str = "0.1.0"
 
 
@@ -90,7 +92,12 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_service(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = None) -> int:
+async def run_service(
+    spec: ServiceSpec[S],
+    settings: S,
+    environ: Mapping[str, str],
+    stop: asyncio.Event | None = None,
+) -> int:
     """Run the service until `stop` is set (or SIGTERM/SIGINT arrives); return the exit code."""
     service = f"pm-{spec.name}"
     configure_logging(service, settings.log_level)
@@ -98,12 +105,14 @@ async def run_service(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | N
     if stop is None:
         stop = asyncio.Event()
         _install_signal_handlers(stop)
-    tracing = configure_tracing(settings.otel_service_name or service, spec.version, settings.otel_exporter_otlp_endpoint)
+    tracing = configure_tracing(
+        settings.otel_service_name or service, spec.version, settings.otel_exporter_otlp_endpoint
+    )
     async with AsyncExitStack() as stack:
         stack.callback(tracing.shutdown)
         metrics_host, metrics_port = _split_listen(settings.metrics_listen)
         metrics = stack.enter_context(MetricsServer(metrics_host, metrics_port))
-        runtime = await stack.enter_async_context(spec.build(settings, Telemetry(metrics, tracing)))
+        runtime = await stack.enter_async_context(spec.build(settings, BuildContext(metrics, tracing, environ)))
         ops = OpsServicer(service, spec.version, runtime.probes)
         server = GrpcServer(
             settings.grpc_listen,
@@ -116,7 +125,9 @@ async def run_service(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | N
         )
         await server.start()
         tasks = [asyncio.create_task(_watch_readiness(server, runtime.probes), name="readiness")]
-        tasks += [asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")) for loop in runtime.background]
+        tasks += [
+            asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")) for loop in runtime.background
+        ]
         stopped = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         exit_code = 0
@@ -137,12 +148,13 @@ async def run_service(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | N
 def service_main(spec: ServiceSpec[S]) -> None:
     """Entry point of `python -m pm_<svc>` and of the service's pex."""
     try:
-        settings = load_settings(spec.settings_type, os.environ)
+        environ = dict(os.environ)
+        settings = load_settings(spec.settings_type, environ)
     except SettingsError as exc:
         print(f"pm-{spec.name}: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        sys.exit(asyncio.run(run_service(spec, settings)))
+        sys.exit(asyncio.run(run_service(spec, settings, environ)))
     except OSError as exc:
         logging.getLogger(__name__).error("pm-%s cannot start: %s", spec.name, exc)
         sys.exit(1)

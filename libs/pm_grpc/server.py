@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pm_grpc.errors import ErrorMappingInterceptor
+from pm_grpc.http import Context
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,17 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        inner = handler.unary_unary
+        # The aio server calls behaviours with an aio context; the stubs type them for sync ones.
+        inner: Any = handler.unary_unary
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        async def observed(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             try:
                 return await inner(request, context)
@@ -105,7 +107,7 @@ class GrpcServer:
         self._registrations = tuple(registrations)
         self._health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            aio_server_interceptor(tracer_provider=tracer_provider),
+            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
             _MetricsInterceptor(metrics_registry),
             ErrorMappingInterceptor(),
         ]

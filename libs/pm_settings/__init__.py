@@ -14,6 +14,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 __all__ = [
+    "DatabaseSettings",
+    "ObjectStoreSettings",
+    "RedisSettings",
+    "RegistryClientSettings",
     "ServiceSettings",
     "SettingsError",
     "load_settings",
@@ -52,6 +56,36 @@ class ServiceSettings(BaseModel):
             else:
                 shown[name] = value
         return shown
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL connection (DATABASE_URL, required) and pool size."""
+
+    database_url: str
+    database_pool_max: int = Field(default=20, ge=1, le=200)
+
+
+class RedisSettings(BaseModel):
+    """Redis for the streams (REDIS_URL, required)."""
+
+    redis_url: str
+    stream_namespace: str = ""
+
+
+class ObjectStoreSettings(BaseModel):
+    """S3 or S3-compatible storage; S3_BUCKET is required, the endpoint only off AWS."""
+
+    s3_bucket: str
+    s3_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+
+
+class RegistryClientSettings(BaseModel):
+    """Where the MCP registry's gRPC endpoint is (REGISTRY_ADDR, required)."""
+
+    registry_addr: str
 
 
 def _strip_userinfo(url: str) -> str:

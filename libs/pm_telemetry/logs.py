@@ -14,9 +14,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
-_INVESTIGATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "pm_investigation_id", default=None
-)
+_INVESTIGATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pm_investigation_id", default=None)
 
 SECRET_KEY_PATTERN = re.compile(
     r"(token|api[_-]?key|authorization|password|passwd|secret|access[_-]?key|cookie|signature|credential)",

@@ -1,0 +1,30 @@
+"""Test support: access to the real components that `./pm test` starts.
+
+Integration tests talk to a real PostgreSQL 16 + pgvector, Redis, OpenBao and S3-compatible
+server, and run real Envoy and service processes. `./pm test` starts them and exports where they
+are (PM_TEST_* variables). A test that needs them and finds them missing fails with a message
+saying so; it is never skipped.
+"""
+
+from pm_testing.envoy import build_descriptor_set, render_envoy_config, running_envoy
+from pm_testing.postgres import PrivatePostgres, private_postgres
+from pm_testing.processes import free_port, wait_for
+from pm_testing.services import health_status, running_service
+from pm_testing.stack import StackEnv, fresh_bucket, fresh_database, stack_env, unique_name
+
+__all__ = [
+    "PrivatePostgres",
+    "StackEnv",
+    "build_descriptor_set",
+    "free_port",
+    "fresh_bucket",
+    "fresh_database",
+    "health_status",
+    "private_postgres",
+    "render_envoy_config",
+    "running_envoy",
+    "running_service",
+    "stack_env",
+    "unique_name",
+    "wait_for",
+]

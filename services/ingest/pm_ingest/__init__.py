@@ -1,0 +1,1 @@
+"""The ingest service: public intake of investigations (API and webhooks) behind Envoy."""

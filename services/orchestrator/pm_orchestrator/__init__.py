@@ -1,0 +1,1 @@
+"""The orchestrator: the investigation state machine, the query API and the scheduler."""
