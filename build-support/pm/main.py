@@ -1,0 +1,147 @@
+"""`./pm`: Production Master's local commands (dev stack, test suite, lint).
+
+Run through the ./pm shim, which provides .stack/venv with the pinned local-stack tools.
+"""
+
+# ruff: noqa: T201 -- a command-line front end: printing is its output.
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+import stack
+from profiles import REPO_ROOT, StackError
+
+USAGE = """\
+usage: ./pm <command>
+
+  up [--infra-only]     start the dev stack on 127.0.0.1, data in .stack/dev/: PostgreSQL, Redis,
+                        OpenBao, moto (S3), the four services (packaged and migrated first) and
+                        Envoy; --infra-only leaves out the services, packaging and migrations
+  status                health of each dev component (exit 0 healthy, 1 unhealthy, 3 not running)
+  down                  stop exactly the processes ./pm up recorded
+  infra up|down|env --profile test
+                        the infrastructure alone for the test suite, fresh in .stack/test/;
+                        `env` prints the PM_TEST_* exports that point tests at it
+  test [pants args]     test infrastructure up, `./pants --no-pantsd lint check test ::` (or
+                        `./pants test <args>`), infrastructure down; exits with the suite's status
+  lint                  ./pants lint ::
+  demo                  the end-to-end demo
+  help                  this text
+
+Ports (defaults): PORT 3000 (Envoy), PM_ENVOY_ADMIN_PORT 9901, PM_PG_PORT 15432,
+PM_REDIS_PORT 16379, PM_OPENBAO_PORT 18200, PM_MOTO_PORT 19000, PM_<SERVICE>_PORT and
+PM_<SERVICE>_METRICS_PORT for INGEST 50051/9101, ORCHESTRATOR 50052/9102, WORKER 50053/9103,
+REGISTRY 50054/9104; test profile: PM_TEST_PG_PORT 25432, PM_TEST_REDIS_PORT 26379,
+PM_TEST_OPENBAO_PORT 28200, PM_TEST_MOTO_PORT 29000.
+"""
+
+EXIT_DEMO_UNAVAILABLE = 2
+PANTS_CANCEL_TIMEOUT_SECONDS = 30.0
+SHORT_USAGE = "./pm <command> [options]   (./pm help lists the commands)"
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse the command line and run the command; the exit status is returned."""
+    # SIGTERM unwinds the stack like Ctrl-C does, so a half-started stack or the test
+    # infrastructure is still stopped.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Progress lines and errors (stderr) must interleave in order when piped.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        return int(args.run(args, environ))
+    except StackError as error:
+        print(f"pm: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="./pm", usage=SHORT_USAGE, add_help=False)
+    parser.set_defaults(run=_help)
+    commands = parser.add_subparsers(prog="./pm")
+
+    up = commands.add_parser("up", add_help=False)
+    up.add_argument("--infra-only", action="store_true")
+    up.set_defaults(run=lambda args, environ: stack.up_dev(environ, infra_only=args.infra_only))
+
+    commands.add_parser("status", add_help=False).set_defaults(run=lambda args, environ: stack.status("dev", environ))
+    commands.add_parser("down", add_help=False).set_defaults(run=lambda args, environ: stack.down("dev", environ))
+
+    infra = commands.add_parser("infra", add_help=False)
+    infra.add_argument("action", choices=("up", "down", "env"))
+    infra.add_argument("--profile", choices=("test",), default="test")
+    infra.set_defaults(run=_infra)
+
+    test = commands.add_parser("test", add_help=False)
+    test.add_argument("pants_args", nargs=argparse.REMAINDER)
+    test.set_defaults(run=lambda args, environ: _test(args.pants_args, environ))
+
+    commands.add_parser("lint", add_help=False).set_defaults(run=lambda args, environ: _pants(["lint", "::"], environ))
+    commands.add_parser("demo", add_help=False).set_defaults(run=_demo)
+    commands.add_parser("help", add_help=False).set_defaults(run=_help)
+    return parser
+
+
+def _infra(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.action == "up":
+        return stack.up_test_infra(environ)
+    if args.action == "down":
+        return stack.down(args.profile, environ)
+    for name, value in stack.test_environ(environ).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def _test(pants_args: list[str], environ: Mapping[str, str]) -> int:
+    """Run the suite against fresh test infrastructure, which is always stopped afterwards."""
+    goals = ["test", *pants_args] if pants_args else ["--no-pantsd", "lint", "check", "test", "::"]
+    try:
+        stack.up_test_infra(environ)
+        return _pants(goals, {**environ, **stack.test_environ(environ)})
+    finally:
+        stack.down("test", environ)
+
+
+def _pants(goals: list[str], environ: Mapping[str, str]) -> int:
+    """Run ./pants with `goals`; when interrupted, let Pants cancel its own work first."""
+    print(f"pm: ./pants {' '.join(goals)}")
+    process = subprocess.Popen([str(REPO_ROOT / "pants"), *goals], cwd=REPO_ROOT, env=dict(environ))
+    try:
+        return process.wait()
+    except BaseException:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=PANTS_CANCEL_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+
+
+def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    print("pm: the demo comes with the investigation engine (issue 5); it is not available yet")
+    return EXIT_DEMO_UNAVAILABLE
+
+
+def _help(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    print(USAGE, end="")
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,106 @@
+"""Profiles of the local stack: where each keeps its files and which ports it uses.
+
+`dev` is the stack `./pm up` runs for people; `test` is the infrastructure `./pm test` runs for
+the test suite. Every port has a default and an environment variable that overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_ROOT = REPO_ROOT / ".stack"
+VENV = STACK_ROOT / "venv"
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(Exception):
+    """A failure to report to the user as one line, without a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """A port a component listens on, its override variable and its default."""
+
+    component: str
+    env_var: str
+    default: int
+
+
+DEV_PORTS = (
+    PortSpec("envoy", "PORT", 3000),
+    PortSpec("envoy-admin", "PM_ENVOY_ADMIN_PORT", 9901),
+    PortSpec("postgres", "PM_PG_PORT", 15432),
+    PortSpec("redis", "PM_REDIS_PORT", 16379),
+    PortSpec("openbao", "PM_OPENBAO_PORT", 18200),
+    PortSpec("moto", "PM_MOTO_PORT", 19000),
+    PortSpec("ingest", "PM_INGEST_PORT", 50051),
+    PortSpec("ingest-metrics", "PM_INGEST_METRICS_PORT", 9101),
+    PortSpec("orchestrator", "PM_ORCHESTRATOR_PORT", 50052),
+    PortSpec("orchestrator-metrics", "PM_ORCHESTRATOR_METRICS_PORT", 9102),
+    PortSpec("worker", "PM_WORKER_PORT", 50053),
+    PortSpec("worker-metrics", "PM_WORKER_METRICS_PORT", 9103),
+    PortSpec("registry", "PM_REGISTRY_PORT", 50054),
+    PortSpec("registry-metrics", "PM_REGISTRY_METRICS_PORT", 9104),
+)
+
+TEST_PORTS = (
+    PortSpec("postgres", "PM_TEST_PG_PORT", 25432),
+    PortSpec("redis", "PM_TEST_REDIS_PORT", 26379),
+    PortSpec("openbao", "PM_TEST_OPENBAO_PORT", 28200),
+    PortSpec("moto", "PM_TEST_MOTO_PORT", 29000),
+)
+
+PORT_SPECS = {"dev": DEV_PORTS, "test": TEST_PORTS}
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One stack's name, file locations and ports."""
+
+    name: str
+    ports: Mapping[str, int]
+
+    @property
+    def dir(self) -> Path:
+        return STACK_ROOT / self.name
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.dir / "local-secrets.json"
+
+    def port(self, component: str) -> int:
+        """The port `component` listens on in this profile."""
+        return self.ports[component]
+
+    def address(self, component: str) -> str:
+        """`127.0.0.1:<port>` of `component`."""
+        return f"{LOOPBACK}:{self.port(component)}"
+
+    def log_file(self, component: str) -> Path:
+        """Where `component` writes its stdout and stderr."""
+        return self.logs_dir / f"{component}.log"
+
+
+def load_profile(name: str, environ: Mapping[str, str]) -> Profile:
+    """The profile `name` with its ports read from `environ` where overridden."""
+    return Profile(name=name, ports={spec.component: _port(spec, environ) for spec in PORT_SPECS[name]})
+
+
+def _port(spec: PortSpec, environ: Mapping[str, str]) -> int:
+    raw = environ.get(spec.env_var, "").strip()
+    if not raw:
+        return spec.default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise StackError(f"{spec.env_var}={raw!r} is not a port number (1-65535)")
+    return int(raw)
