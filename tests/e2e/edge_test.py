@@ -115,7 +115,7 @@ async def _start_edge(stack: AsyncExitStack, tmp_path: Path, database_url: str) 
     return Edge(f"http://127.0.0.1:{listen_port}", descriptor, client)
 
 
-@pytest.fixture
+@pytest.fixture()
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(fresh_database(stack_env()))
