@@ -16,8 +16,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+import edge
 import stack
-from profiles import REPO_ROOT, StackError
+from profiles import REPO_ROOT, StackError, load_profile
 
 USAGE = """\
 usage: ./pm <command>
@@ -32,6 +33,7 @@ usage: ./pm <command>
                         `env` prints the PM_TEST_* exports that point tests at it
   test [pants args]     test infrastructure up, `./pants --no-pantsd lint check test ::` (or
                         `./pants test <args>`), infrastructure down; exits with the suite's status
+  check-edge            build the descriptor set, render the Envoy config, envoy --mode validate
   lint                  ./pants lint ::
   demo                  the end-to-end demo
   help                  this text
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("pants_args", nargs=argparse.REMAINDER)
     test.set_defaults(run=lambda args, environ: _test(args.pants_args, environ))
 
+    commands.add_parser("check-edge", add_help=False).set_defaults(run=_check_edge)
     commands.add_parser("lint", add_help=False).set_defaults(run=lambda args, environ: _pants(["lint", "::"], environ))
     commands.add_parser("demo", add_help=False).set_defaults(run=_demo)
     commands.add_parser("help", add_help=False).set_defaults(run=_help)
@@ -127,6 +130,15 @@ def _pants(goals: list[str], environ: Mapping[str, str]) -> int:
             process.kill()
             process.wait()
         raise
+
+
+def _check_edge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Build the descriptor set, render the Envoy config and run `envoy --mode validate` on it."""
+    profile = load_profile("dev", environ)
+    profile.dir.mkdir(parents=True, exist_ok=True)
+    config = edge.prepare_config(profile)
+    print(f"pm: {config} is valid for Envoy")
+    return 0
 
 
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
