@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -57,27 +58,33 @@ async def _abort_unimplemented(context: Context, method: str) -> NoReturn:
     )
 
 
-def _call_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+@asynccontextmanager
+async def _errors_mapped(context: Context, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except PmError as err:
+        await abort_with(context, err)
+    except NotImplementedError:
+        # The generated servicer base class raises this for RPCs a service does not offer yet.
+        await _abort_unimplemented(context, method)
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the top-level handler of every RPC
+        await _abort_unexpected(context, method, exc)
+
+
+def _call_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Context], Awaitable[Any]]:
     async def guarded(request: Any, context: Context) -> Any:
-        try:
+        async with _errors_mapped(context, method):
             result = behavior(request, context)
             return await result if isinstance(result, Awaitable) else result
-        except PmError as err:
-            await abort_with(context, err)
-        except NotImplementedError:
-            # The generated servicer base class raises this for RPCs a service does not offer yet.
-            await _abort_unimplemented(context, method)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the top-level handler of every RPC
-            await _abort_unexpected(context, method, exc)
 
     return guarded
 
 
-def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
-        try:
+        async with _errors_mapped(context, method):
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for item in result:
@@ -85,14 +92,6 @@ def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any,
             else:
                 for item in result:
                     yield item
-        except PmError as err:
-            await abort_with(context, err)
-        except NotImplementedError:
-            await _abort_unimplemented(context, method)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the top-level handler of every RPC
-            await _abort_unexpected(context, method, exc)
 
     return guarded
 
