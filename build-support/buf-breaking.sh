@@ -13,7 +13,7 @@ if ! git rev-parse --verify -q "$ref^{commit}" >/dev/null || ! git cat-file -e "
   echo "buf breaking: $ref has no contracts to compare with"
   exit 0
 fi
-[ -d .pants-bootstrap/include/google/api ] || ./pants --version >/dev/null
+[ -d .pants-bootstrap/include/google/api ] || ./pants --no-pantsd --version >/dev/null
 
 work=$(mktemp -d)
 trap 'git worktree remove --force "$work/old" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
