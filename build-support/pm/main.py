@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+import bench
 import edge
 import stack
 from profiles import REPO_ROOT, StackError, load_profile
@@ -36,13 +37,17 @@ usage: ./pm <command>
   check-edge            build the descriptor set, render the Envoy config, envoy --mode validate
   lint                  ./pants lint ::
   demo                  the end-to-end demo
+  bench intake [--seconds N] [--concurrency 1,8,32] [--keep]
+                        intake throughput and latency through Envoy (wrk) on a fresh stack of its
+                        own in .stack/bench/; checks that every 2xx became one row and one entry
   help                  this text
 
 Ports (defaults): PORT 3000 (Envoy), PM_ENVOY_ADMIN_PORT 9901, PM_PG_PORT 15432,
 PM_REDIS_PORT 16379, PM_OPENBAO_PORT 18200, PM_MOTO_PORT 19000, PM_<SERVICE>_PORT and
 PM_<SERVICE>_METRICS_PORT for INGEST 50051/9101, ORCHESTRATOR 50052/9102, WORKER 50053/9103,
 REGISTRY 50054/9104; test profile: PM_TEST_PG_PORT 25432, PM_TEST_REDIS_PORT 26379,
-PM_TEST_OPENBAO_PORT 28200, PM_TEST_MOTO_PORT 29000.
+PM_TEST_OPENBAO_PORT 28200, PM_TEST_MOTO_PORT 29000; bench profile: PM_BENCH_PORT 3300 and
+PM_BENCH_* like the dev ones (+100 on the service ports, PG 35432, Redis 36379).
 """
 
 EXIT_DEMO_UNAVAILABLE = 2
@@ -92,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check-edge", add_help=False).set_defaults(run=_check_edge)
     commands.add_parser("lint", add_help=False).set_defaults(run=lambda args, environ: _pants(["lint", "::"], environ))
     commands.add_parser("demo", add_help=False).set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", add_help=False)
+    bench.add_argument("suite", choices=("intake",))
+    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--concurrency", default="1,8,32")
+    bench.add_argument("--keep", action="store_true")
+    bench.set_defaults(run=_bench)
     commands.add_parser("help", add_help=False).set_defaults(run=_help)
     return parser
 
@@ -144,6 +156,13 @@ def _check_edge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     print("pm: the demo comes with the investigation engine (issue 5); it is not available yet")
     return EXIT_DEMO_UNAVAILABLE
+
+
+def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if not 1 <= args.seconds <= 120:
+        raise StackError("--seconds must be between 1 and 120")
+    levels = bench.parse_concurrencies(args.concurrency)
+    return bench.bench_intake(environ, seconds=args.seconds, concurrencies=levels, keep=args.keep)
 
 
 def _help(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -53,7 +53,25 @@ TEST_PORTS = (
     PortSpec("moto", "PM_TEST_MOTO_PORT", 29000),
 )
 
-PORT_SPECS = {"dev": DEV_PORTS, "test": TEST_PORTS}
+# `./pm bench`: a whole stack of its own, so a benchmark never touches the dev stack's data.
+BENCH_PORTS = (
+    PortSpec("envoy", "PM_BENCH_PORT", 3300),
+    PortSpec("envoy-admin", "PM_BENCH_ENVOY_ADMIN_PORT", 9931),
+    PortSpec("postgres", "PM_BENCH_PG_PORT", 35432),
+    PortSpec("redis", "PM_BENCH_REDIS_PORT", 36379),
+    PortSpec("openbao", "PM_BENCH_OPENBAO_PORT", 38200),
+    PortSpec("moto", "PM_BENCH_MOTO_PORT", 39000),
+    PortSpec("ingest", "PM_BENCH_INGEST_PORT", 50151),
+    PortSpec("ingest-metrics", "PM_BENCH_INGEST_METRICS_PORT", 9111),
+    PortSpec("orchestrator", "PM_BENCH_ORCHESTRATOR_PORT", 50152),
+    PortSpec("orchestrator-metrics", "PM_BENCH_ORCHESTRATOR_METRICS_PORT", 9112),
+    PortSpec("worker", "PM_BENCH_WORKER_PORT", 50153),
+    PortSpec("worker-metrics", "PM_BENCH_WORKER_METRICS_PORT", 9113),
+    PortSpec("registry", "PM_BENCH_REGISTRY_PORT", 50154),
+    PortSpec("registry-metrics", "PM_BENCH_REGISTRY_METRICS_PORT", 9114),
+)
+
+PORT_SPECS = {"dev": DEV_PORTS, "test": TEST_PORTS, "bench": BENCH_PORTS}
 
 
 @dataclass(frozen=True, slots=True)

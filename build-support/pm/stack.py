@@ -49,6 +49,22 @@ def up_dev(environ: Mapping[str, str], *, infra_only: bool) -> int:
         print_status(existing)
         return 0
     remove_state(profile.state_file)
+    return up_stack(profile, environ, infra_only=infra_only)
+
+
+def up_fresh(profile_name: str, environ: Mapping[str, str]) -> Profile:
+    """A whole stack of `profile_name` from empty data (the benchmark's), stopping a previous one first."""
+    profile = load_profile(profile_name, environ)
+    existing = load_state(profile.state_file)
+    if existing is not None:
+        stop_stack(profile, existing)
+    shutil.rmtree(profile.dir, ignore_errors=True)
+    up_stack(profile, environ, infra_only=False)
+    return profile
+
+
+def up_stack(profile: Profile, environ: Mapping[str, str], *, infra_only: bool) -> int:
+    """Infrastructure, migrations, services and Envoy of `profile` on loopback."""
     ports = [*_infra_ports(profile), ("envoy", profile.port("envoy")), ("envoy admin", profile.port("envoy-admin"))]
     if not infra_only:
         ports += _service_ports(profile)
@@ -67,7 +83,7 @@ def up_dev(environ: Mapping[str, str], *, infra_only: bool) -> int:
         # ingest answers /readyz, so its log is the one to show when this fails.
         with _stop_all_on_failure(profile, state, "ingest"):
             _wait_readyz(profile)
-    print(f"pm: the dev stack is up (data and logs in {profile.dir.relative_to(REPO_ROOT)})")
+    print(f"pm: the {profile.name} stack is up (data and logs in {profile.dir.relative_to(REPO_ROOT)})")
     print_status(state)
     _print_secret_sources(profile, environ)
     print(f"REST and gRPC: http://{profile.address('envoy')}   Envoy admin: http://{profile.address('envoy-admin')}")

@@ -26,6 +26,7 @@ __all__ = [
     "RateLimited",
     "Unauthenticated",
     "Unavailable",
+    "UnsupportedMediaType",
     "http_status",
 ]
 
@@ -41,6 +42,7 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CONFIGURATION = "configuration"
@@ -56,6 +58,7 @@ _HTTP_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CONFIGURATION: 500,
@@ -146,6 +149,12 @@ class PayloadTooLarge(PmError):
     """The request body is larger than allowed."""
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class UnsupportedMediaType(PmError):
+    """The request body is not in a content type the endpoint accepts."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class Unavailable(PmError):

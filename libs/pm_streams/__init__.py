@@ -18,6 +18,7 @@ from pm_streams.names import (
     STREAM_DEPLOYS,
     STREAM_INVESTIGATION_EVENTS,
     STREAM_INVESTIGATIONS,
+    STREAM_INVESTIGATIONS_URGENT,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "STREAM_AGENT_TASKS",
     "STREAM_DEPLOYS",
     "STREAM_INVESTIGATIONS",
+    "STREAM_INVESTIGATIONS_URGENT",
     "STREAM_INVESTIGATION_EVENTS",
     "Delivery",
     "Handler",

@@ -73,11 +73,17 @@ class StreamBus:
 
     async def publish(self, stream: str, message: Message, *, message_id: str) -> str:
         """Append `message` to `stream`; returns the stream entry id."""
-        headers: dict[str, str] = {HEADER_MESSAGE_ID: message_id, HEADER_MESSAGE_TYPE: message.DESCRIPTOR.full_name}
+        return await self.publish_serialized(
+            stream, message.SerializeToString(), message_id=message_id, message_type=message.DESCRIPTOR.full_name
+        )
+
+    async def publish_serialized(self, stream: str, data: bytes, *, message_id: str, message_type: str) -> str:
+        """Append an already serialized message (e.g. from an outbox row); returns the stream entry id."""
+        headers: dict[str, str] = {HEADER_MESSAGE_ID: message_id, HEADER_MESSAGE_TYPE: message_type}
         propagate.inject(headers)
         try:
             entry = await self.broker.publish(
-                message.SerializeToString(),
+                data,
                 stream=self.name(stream),
                 headers=headers,
                 correlation_id=message_id,

@@ -2,6 +2,9 @@
 
 # InvestigationRequested: ingest and the scheduler (through the outbox) -> orchestrator.
 STREAM_INVESTIGATIONS = "pm.investigations"
+# InvestigationRequested for alerts (PagerDuty, Grafana, health and post-deploy checks): the
+# orchestrator reads this lane before pm.investigations, so alerts go ahead of tickets and batches.
+STREAM_INVESTIGATIONS_URGENT = "pm.investigations.urgent"
 # AgentTask: orchestrator -> workers.
 STREAM_AGENT_TASKS = "pm.agent.tasks"
 # AgentResult: workers -> orchestrator.
@@ -13,6 +16,7 @@ STREAM_DEPLOYS = "pm.deploys"
 
 ALL_STREAMS = (
     STREAM_INVESTIGATIONS,
+    STREAM_INVESTIGATIONS_URGENT,
     STREAM_AGENT_TASKS,
     STREAM_AGENT_RESULTS,
     STREAM_INVESTIGATION_EVENTS,

@@ -9,11 +9,13 @@ saying so; it is never skipped.
 from pm_testing.envoy import build_descriptor_set, render_envoy_config, running_envoy
 from pm_testing.postgres import PrivatePostgres, private_postgres
 from pm_testing.processes import free_port, wait_for
+from pm_testing.redis import PrivateRedis, private_redis
 from pm_testing.services import health_status, running_service
 from pm_testing.stack import StackEnv, fresh_bucket, fresh_database, stack_env, unique_name
 
 __all__ = [
     "PrivatePostgres",
+    "PrivateRedis",
     "StackEnv",
     "build_descriptor_set",
     "free_port",
@@ -21,6 +23,7 @@ __all__ = [
     "fresh_database",
     "health_status",
     "private_postgres",
+    "private_redis",
     "render_envoy_config",
     "running_envoy",
     "running_service",

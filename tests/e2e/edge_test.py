@@ -10,38 +10,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from e2e.edge import PROTO_ROOT, TEMPLATE, Edge, start_edge
 from pm_db import apply_migrations
-from pm_ingest.app import SPEC as INGEST
-from pm_orchestrator.app import SPEC as ORCHESTRATOR
-from pm_testing import (
-    build_descriptor_set,
-    free_port,
-    fresh_bucket,
-    fresh_database,
-    private_postgres,
-    render_envoy_config,
-    running_envoy,
-    running_service,
-    stack_env,
-)
+from pm_testing import build_descriptor_set, free_port, fresh_database, private_postgres, stack_env
 
-PROTO_ROOT = Path("proto")
-TEMPLATE = Path("deploy/envoy/envoy.yaml.tmpl")
 INTERNAL_PACKAGES = ("pm.registry.v1", "pm.events.v1", "pm.common.v1")
-
-
-@dataclass(frozen=True, slots=True)
-class Edge:
-    """The running edge: its base URL and the descriptor set it loaded."""
-
-    base_url: str
-    descriptor: Path
-    client: httpx.AsyncClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,48 +56,12 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: "jira" if m.group(1) == "source" else "4f6c1a0e", path)
 
 
-async def _start_edge(stack: AsyncExitStack, tmp_path: Path, database_url: str) -> Edge:
-    env = stack_env()
-    bucket = stack.enter_context(fresh_bucket(env))
-    ingest_port, orchestrator_port, metrics_port = free_port(), free_port(), free_port()
-    ingest_env = {
-        **env.service_environ(database_url=database_url),
-        "GRPC_LISTEN": f"127.0.0.1:{ingest_port}",
-        "METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
-    }
-    orchestrator_env = {
-        **env.service_environ(database_url=database_url, bucket=bucket, registry_addr="127.0.0.1:1"),
-        "GRPC_LISTEN": f"127.0.0.1:{orchestrator_port}",
-    }
-    await stack.enter_async_context(running_service(INGEST, ingest_env))
-    await stack.enter_async_context(running_service(ORCHESTRATOR, orchestrator_env))
-    descriptor = build_descriptor_set(PROTO_ROOT, tmp_path / "pm.pb")
-    listen_port, admin_port = free_port(), free_port()
-    config = render_envoy_config(
-        TEMPLATE,
-        {
-            "LISTEN_ADDRESS": "127.0.0.1",
-            "LISTEN_PORT": listen_port,
-            "ADMIN_PORT": admin_port,
-            "DESCRIPTOR_PATH": descriptor,
-            "INGEST_HOST": "127.0.0.1",
-            "INGEST_PORT": ingest_port,
-            "INGEST_METRICS_PORT": metrics_port,
-            "ORCHESTRATOR_HOST": "127.0.0.1",
-            "ORCHESTRATOR_PORT": orchestrator_port,
-        },
-    )
-    await stack.enter_async_context(running_envoy(env.envoy_bin, config, admin_port, tmp_path))
-    client = await stack.enter_async_context(httpx.AsyncClient(base_url=f"http://127.0.0.1:{listen_port}", timeout=15))
-    return Edge(f"http://127.0.0.1:{listen_port}", descriptor, client)
-
-
 @pytest.fixture()
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(fresh_database(stack_env()))
         await apply_migrations(dsn)
-        yield await _start_edge(stack, tmp_path, dsn)
+        yield await start_edge(stack, tmp_path, dsn)
 
 
 async def test_every_annotated_route_reaches_its_rpc(edge: Edge) -> None:
@@ -133,6 +74,12 @@ async def test_every_annotated_route_reaches_its_rpc(edge: Edge) -> None:
         where = f"{route.verb} {route.path} ({route.rpc})"
         if route.rpc.startswith("/pm.ops.v1.OpsService/"):
             assert response.status_code == 200, where
+            continue
+        if route.rpc.startswith("/pm.ingest.v1."):
+            # Implemented: an empty body without credentials or signature is refused by the
+            # service itself (401 for the API, 503 for an unconfigured webhook, 200 for GET).
+            assert response.status_code in (200, 401, 503), f"{where}: {response.status_code} {response.text}"
+            assert "error" in response.json() or response.status_code == 200, where
             continue
         # Not built yet: the service's own UNIMPLEMENTED answer names the exact RPC it reached.
         assert response.status_code == 501, f"{where}: {response.status_code} {response.text}"
@@ -160,7 +107,7 @@ async def test_readyz_is_503_with_a_json_reason_when_postgres_is_stopped(tmp_pat
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(private_postgres(stack_env()))
         await apply_migrations(server.dsn)
-        edge = await _start_edge(stack, tmp_path, server.dsn)
+        edge = await start_edge(stack, tmp_path, server.dsn)
         assert (await edge.client.get("/readyz")).status_code == 200
         await server.stop()
         response = await edge.client.get("/readyz")

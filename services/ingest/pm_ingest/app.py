@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
+from redis.asyncio import Redis
+
 from pm.ingest.v1 import ingest_pb2_grpc
+from pm_auth import AuthProvider, CachedSecrets, RateLimiter, limits_from_settings
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRegistration, ServiceRuntime, ServiceSpec
 from pm_ingest.grpc_api import IngestServicer
+from pm_ingest.intake import Submissions
+from pm_ingest.outbox import OutboxRelay
 from pm_ingest.settings import IngestSettings
+from pm_ingest.store import AuditLog, DomainResolver, IntakeStore
+from pm_ingest.webhooks import Webhooks
 from pm_secrets import secret_source_from_settings
 from pm_streams import StreamBus
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
 async def build(settings: IngestSettings, ctx: BuildContext) -> AsyncIterator[ServiceRuntime]:
-    """Open the pool, the stream publisher and the secret source."""
+    """Open the pool, the stream publisher, the rate-limit client and the secret source."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
             open_pool(settings.database_url, max_size=settings.database_pool_max, application_name="pm-ingest")
@@ -25,17 +35,50 @@ async def build(settings: IngestSettings, ctx: BuildContext) -> AsyncIterator[Se
         bus = StreamBus(settings.redis_url, namespace=settings.stream_namespace)
         await bus.connect()
         stack.push_async_callback(bus.close)
-        secrets = secret_source_from_settings(settings, ctx.environ)
+        # Rate limiting must never hold a request up for long: short timeouts, fail open.
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
+        stack.push_async_callback(redis.aclose)
+        source = secret_source_from_settings(settings, ctx.environ)
+        secrets = CachedSecrets(source, settings.secrets_refresh_seconds)
+        auth = AuthProvider(
+            secrets,
+            jwt_algorithm=settings.jwt_algorithm,
+            jwt_issuer=settings.jwt_issuer,
+            jwt_audience=settings.jwt_audience,
+        )
+        limiter = RateLimiter(
+            redis,
+            limits_from_settings(settings.rate_limit_investigation_per_minute, settings.rate_limit_query_per_minute),
+            prefix=f"{settings.stream_namespace}pm:rl:",
+        )
+        store = IntakeStore(pool)
+        audit = AuditLog(pool)
+        relay = OutboxRelay(
+            pool,
+            bus,
+            ctx.metrics.registry,
+            batch_size=settings.outbox_batch_size,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        webhooks = Webhooks(settings, store, audit, secrets, DomainResolver(pool), ctx.metrics.registry)
+        submissions = Submissions(store, audit, delivery_window_seconds=settings.delivery_dedup_window_seconds)
+        if settings.insecure_sources:
+            log.warning(
+                "webhooks accepted WITHOUT signatures (local use only): %s",
+                ", ".join(sorted(settings.insecure_sources)),
+            )
         probes: dict[str, Probe] = {"database": partial(ping, pool), "redis": bus.ping}
         if settings.vault_addr:
-            probes["vault"] = secrets.ping
+            probes["vault"] = source.ping
+        servicer = IngestServicer(settings, auth, limiter, submissions, webhooks, relay)
         yield ServiceRuntime(
             registrations=[
                 ServiceRegistration(
-                    "pm.ingest.v1.IngestService", ingest_pb2_grpc.add_IngestServiceServicer_to_server, IngestServicer()
+                    "pm.ingest.v1.IngestService", ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer
                 )
             ],
             probes=probes,
+            background=[relay.run, audit.run],
         )
 
 
