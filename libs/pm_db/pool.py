@@ -16,6 +16,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(pg_type, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A release hook that leaves the session as it is."""
+
+
 @asynccontextmanager
 async def open_pool(
     dsn: str,
@@ -24,10 +28,13 @@ async def open_pool(
     max_size: int = 10,
     command_timeout: float = 30.0,
     application_name: str = "production-master",
+    reset_on_release: bool = True,
 ) -> AsyncIterator[asyncpg.Pool]:
     """A pool whose connections open on first use, so start-up does not need the database yet.
 
-    JSON and JSONB columns read and write Python values.
+    JSON and JSONB columns read and write Python values. `reset_on_release=False` skips the
+    session reset (advisory locks, LISTEN, SET) asyncpg runs on every release, one round trip
+    per request; only for callers that never leave session state behind.
     """
     pool = asyncpg.create_pool(
         dsn,
@@ -36,6 +43,7 @@ async def open_pool(
         command_timeout=command_timeout,
         init=_init_connection,
         server_settings={"application_name": application_name},
+        **({} if reset_on_release else {"reset": _keep_session}),
     )
     await pool
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -92,6 +92,33 @@ class StreamBus:
         except (RedisError, OSError) as exc:
             raise Unavailable(f"stream {stream} unreachable: {type(exc).__name__}") from exc
         return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    async def publish_batch(self, messages: Sequence[tuple[str, bytes, str, str]]) -> list[str]:
+        """Append (stream, serialized message, message id, message type) tuples in one round trip.
+
+        Returns the entry ids in order. Either every message is appended or Unavailable is raised
+        (a message may then have been appended anyway; its stable id lets consumers drop it).
+        """
+        if not messages:
+            return []
+        headers_base: dict[str, str] = {}
+        propagate.inject(headers_base)
+        try:
+            async with self._admin.pipeline(transaction=False) as pipe:
+                for stream, data, message_id, message_type in messages:
+                    headers = {**headers_base, HEADER_MESSAGE_ID: message_id, HEADER_MESSAGE_TYPE: message_type}
+                    await self.broker.publish(
+                        data,
+                        stream=self.name(stream),
+                        headers=headers,
+                        correlation_id=message_id,
+                        maxlen=self._maxlen,
+                        pipeline=pipe,
+                    )
+                entries = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"streams unreachable: {type(exc).__name__}") from exc
+        return [e.decode() if isinstance(e, bytes) else str(e) for e in entries]
 
     def subscribe(
         self,

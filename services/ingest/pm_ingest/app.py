@@ -30,7 +30,13 @@ async def build(settings: IngestSettings, ctx: BuildContext) -> AsyncIterator[Se
     """Open the pool, the stream publisher, the rate-limit client and the secret source."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(settings.database_url, max_size=settings.database_pool_max, application_name="pm-ingest")
+            # Intake never leaves session state on a connection, so the reset on release is skipped.
+            open_pool(
+                settings.database_url,
+                max_size=settings.database_pool_max,
+                application_name="pm-ingest",
+                reset_on_release=False,
+            )
         )
         bus = StreamBus(settings.redis_url, namespace=settings.stream_namespace)
         await bus.connect()

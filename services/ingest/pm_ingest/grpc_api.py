@@ -11,7 +11,6 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from pm.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -51,8 +50,7 @@ def remote_addr(headers: Mapping[str, str], context: Context) -> str | None:
 
 def _reply(context: Context, reply: Reply, message_type: type[R]) -> R:
     set_http_status(context, reply.status)
-    body = {k: v for k, v in reply.body.items() if v is not None}
-    return json_format.ParseDict(body, message_type(), ignore_unknown_fields=True)
+    return message_type(**{k: v for k, v in reply.body.items() if v is not None})
 
 
 def _typed(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -126,6 +126,27 @@ WITH new AS (
 SELECT id FROM inv
 """
 
+# The same, for one alert: the fingerprint is claimed in the same statement. An alert seen inside
+# its window inserts nothing (claim is empty). A claimed alert whose ticket is already active
+# inserts no investigation, so the claim's foreign key fails at the end of the statement and
+# everything is undone: the caller then reports the active investigation.
+_INSERT_ALERT = _INSERT_INVESTIGATIONS.replace(
+    "WITH new AS (\n    SELECT * FROM unnest(",
+    """WITH claim AS (
+    INSERT INTO intake_dedup (dedup_key, kind, source, investigation_id, expires_at)
+    VALUES ($23, 'alert_fingerprint', $24, ($1::uuid[])[1], now() + make_interval(secs => $25))
+    ON CONFLICT (dedup_key) DO UPDATE
+        SET kind = EXCLUDED.kind, source = EXCLUDED.source, investigation_id = EXCLUDED.investigation_id,
+            response = NULL, expires_at = EXCLUDED.expires_at, created_at = now()
+        WHERE intake_dedup.expires_at <= now()
+    RETURNING dedup_key
+), new AS (
+    SELECT * FROM unnest(""",
+).replace(
+    "trigger_context, max_iterations, event_id, stream, payload)\n)",
+    "trigger_context, max_iterations, event_id, stream, payload)\n    WHERE EXISTS (SELECT 1 FROM claim)\n)",
+)
+
 _ACTIVE = """
 SELECT id, ticket_id, status FROM investigations
 WHERE ticket_id = ANY($1::text[]) AND status IN ('queued', 'running')
@@ -225,12 +246,22 @@ class Intake:
             # written, so inserting again is safe.
         raise ActiveConflict([])
 
-    async def claim_alert(self, key: str, source: str, investigation_id: uuid.UUID, window_seconds: int) -> None:
-        """Claim an alert fingerprint for `investigation_id`; AlertDuplicate when seen in its window."""
-        claimed = await self._conn.fetchval(
-            _CLAIM, key, "alert_fingerprint", source, investigation_id, None, float(window_seconds)
-        )
-        if claimed is None:
+    async def create_alert(
+        self, inv: NewInvestigation, audit: Audit, key: str, source: str, window_seconds: int
+    ) -> None:
+        """Create an alert's investigation unless its fingerprint was seen inside the window.
+
+        One statement: AlertDuplicate when the fingerprint is taken, ActiveConflict when the
+        ticket already has an active investigation; nothing is written in either case.
+        """
+        try:
+            created = await self._conn.fetch(
+                _INSERT_ALERT, *_insert_args([inv], audit), key, source, float(window_seconds)
+            )
+        except asyncpg.ForeignKeyViolationError:
+            rows = await self._conn.fetch(_ACTIVE, [inv.ticket_id])
+            raise ActiveConflict([Active(r["id"], r["ticket_id"], r["status"]) for r in rows]) from None
+        if not created:
             existing = await self._conn.fetchval("SELECT investigation_id FROM intake_dedup WHERE dedup_key = $1", key)
             raise AlertDuplicate(existing)
 

@@ -485,11 +485,11 @@ class Webhooks:
         caller = self._caller("pagerduty", method, inbound)
         fingerprint = f"pagerduty:incident:{incident_id or ticket}"
         try:
-            async with self._store.transaction() as intake:
-                await intake.create(
-                    [inv], caller.audit("pagerduty", "webhook", "accepted", details={"ticket_id": ticket})
+            async with self._store.autocommit() as intake:
+                audit = caller.audit("pagerduty", "webhook", "accepted", details={"ticket_id": ticket})
+                await intake.create_alert(
+                    inv, audit, fingerprint, "pagerduty", self._settings.alert_dedup_window_seconds
                 )
-                await intake.claim_alert(fingerprint, "pagerduty", inv.id, self._settings.alert_dedup_window_seconds)
         except (ActiveConflict, AlertDuplicate) as exc:
             existing = (
                 exc.investigation_id
@@ -596,12 +596,10 @@ class Webhooks:
         )
         caller = self._caller("grafana-alert", method, inbound)
         try:
-            async with self._store.transaction() as intake:
-                await intake.create(
-                    [inv], caller.audit("grafana-alert", "webhook", "accepted", details={"ticket_id": ticket})
-                )
-                await intake.claim_alert(
-                    f"grafana:{fingerprint}", "grafana-alert", inv.id, self._settings.alert_dedup_window_seconds
+            async with self._store.autocommit() as intake:
+                audit = caller.audit("grafana-alert", "webhook", "accepted", details={"ticket_id": ticket})
+                await intake.create_alert(
+                    inv, audit, f"grafana:{fingerprint}", "grafana-alert", self._settings.alert_dedup_window_seconds
                 )
         except (AlertDuplicate, ActiveConflict) as exc:
             if isinstance(exc, AlertDuplicate):
