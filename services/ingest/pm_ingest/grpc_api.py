@@ -113,7 +113,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._relay.notify()
         return reply
 
-    async def Investigate(  # - generated name
+    async def Investigate(
         self, request: ingest_pb2.InvestigateRequest, context: Context
     ) -> ingest_pb2.InvestigateResponse:
         async def run(caller: Caller, data: dict[str, Any], digest: str, key: str | None) -> Reply:
@@ -138,7 +138,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         reply = await self._submit(context, "investigate", request.http_body, typed, run)
         return _reply(context, reply, ingest_pb2.InvestigateResponse)
 
-    async def InvestigateBatch(  # - generated name
+    async def InvestigateBatch(
         self, request: ingest_pb2.InvestigateBatchRequest, context: Context
     ) -> ingest_pb2.InvestigateBatchResponse:
         async def run(caller: Caller, data: dict[str, Any], digest: str, key: str | None) -> Reply:
@@ -173,42 +173,42 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             remote_addr=remote_addr(headers, context),
         )
 
-    async def _webhook(self, context: Context, handle: Callable[[Inbound], Awaitable[Reply]], body: Any) -> Reply:
+    async def _webhook(
+        self, context: Context, handle: Callable[[Inbound], Awaitable[Reply]], body: Any, response: type[R]
+    ) -> R:
         reply = await handle(self._inbound(context, body))
         self._relay.notify()
-        return reply
+        return _reply(context, reply, response)
 
-    async def ReceiveJiraWebhook(  # - generated name
+    async def ReceiveJiraWebhook(
         self, request: ingest_pb2.ReceiveJiraWebhookRequest, context: Context
     ) -> ingest_pb2.ReceiveJiraWebhookResponse:
-        reply = await self._webhook(context, self._webhooks.jira, request.body)
-        return _reply(context, reply, ingest_pb2.ReceiveJiraWebhookResponse)
+        return await self._webhook(context, self._webhooks.jira, request.body, ingest_pb2.ReceiveJiraWebhookResponse)
 
-    async def ReceiveSlackCommand(  # - generated name
+    async def ReceiveSlackCommand(
         self, request: ingest_pb2.ReceiveSlackCommandRequest, context: Context
     ) -> ingest_pb2.ReceiveSlackCommandResponse:
-        reply = await self._webhook(context, self._webhooks.slack, request.body)
-        return _reply(context, reply, ingest_pb2.ReceiveSlackCommandResponse)
+        return await self._webhook(context, self._webhooks.slack, request.body, ingest_pb2.ReceiveSlackCommandResponse)
 
-    async def ReceivePagerDutyWebhook(  # - generated name
+    async def ReceivePagerDutyWebhook(
         self, request: ingest_pb2.ReceivePagerDutyWebhookRequest, context: Context
     ) -> ingest_pb2.ReceivePagerDutyWebhookResponse:
-        reply = await self._webhook(context, self._webhooks.pagerduty, request.body)
-        return _reply(context, reply, ingest_pb2.ReceivePagerDutyWebhookResponse)
+        response = ingest_pb2.ReceivePagerDutyWebhookResponse
+        return await self._webhook(context, self._webhooks.pagerduty, request.body, response)
 
-    async def ReceiveGrafanaAlert(  # - generated name
+    async def ReceiveGrafanaAlert(
         self, request: ingest_pb2.ReceiveGrafanaAlertRequest, context: Context
     ) -> ingest_pb2.ReceiveGrafanaAlertResponse:
-        reply = await self._webhook(context, self._webhooks.grafana, request.body)
-        return _reply(context, reply, ingest_pb2.ReceiveGrafanaAlertResponse)
+        return await self._webhook(
+            context, self._webhooks.grafana, request.body, ingest_pb2.ReceiveGrafanaAlertResponse
+        )
 
-    async def ReceiveDeployEvent(  # - generated name
+    async def ReceiveDeployEvent(
         self, request: ingest_pb2.ReceiveDeployEventRequest, context: Context
     ) -> ingest_pb2.ReceiveDeployEventResponse:
-        reply = await self._webhook(context, self._webhooks.deploy, request.body)
-        return _reply(context, reply, ingest_pb2.ReceiveDeployEventResponse)
+        return await self._webhook(context, self._webhooks.deploy, request.body, ingest_pb2.ReceiveDeployEventResponse)
 
-    async def DescribeWebhook(  # - generated name
+    async def DescribeWebhook(
         self, request: ingest_pb2.DescribeWebhookRequest, context: Context
     ) -> ingest_pb2.DescribeWebhookResponse:
         handler = HANDLERS.get(request.source)

@@ -172,6 +172,19 @@ def _jsonable(value: Mapping[str, object]) -> dict[str, Any]:
     return result
 
 
+def _audit_args(audit: Audit) -> tuple[object, ...]:
+    """The audit columns of an accepted write, in the order the statements bind them."""
+    return (
+        audit.identity,
+        audit.auth_method,
+        audit.source,
+        audit.action,
+        audit.request_id,
+        audit.remote_addr,
+        _jsonable(audit.details),
+    )
+
+
 def _insert_args(invs: Sequence[NewInvestigation], audit: Audit) -> list[Any]:
     return [
         [i.id for i in invs],
@@ -189,13 +202,7 @@ def _insert_args(invs: Sequence[NewInvestigation], audit: Audit) -> list[Any]:
         [i.stream for i in invs],
         [i.event for i in invs],
         MESSAGE_TYPE_REQUESTED,
-        audit.identity,
-        audit.auth_method,
-        audit.source,
-        audit.action,
-        audit.request_id,
-        audit.remote_addr,
-        _jsonable(audit.details),
+        *_audit_args(audit),
     ]
 
 
@@ -304,13 +311,7 @@ class Intake:
             stream,
             MESSAGE_TYPE_DEPLOY,
             event,
-            audit.identity,
-            audit.auth_method,
-            audit.source,
-            audit.action,
-            audit.request_id,
-            audit.remote_addr,
-            _jsonable(audit.details),
+            *_audit_args(audit),
         )
         return deploy_id is not None
 

@@ -268,15 +268,25 @@ class Webhooks:
 
     # -- Jira -------------------------------------------------------------------------------
 
+    async def _signed_json(
+        self,
+        source: str,
+        inbound: Inbound,
+        delivery_header: str,
+        handle: Callable[[dict[str, Any], str, Inbound], Awaitable[Reply]],
+    ) -> Reply:
+        """Verify, parse a JSON object, then handle it once per sender delivery id."""
+        method = await self._authenticate(source, inbound)
+        payload = await self._json(source, inbound)
+
+        async def once() -> Reply:
+            return await handle(payload, method, inbound)
+
+        return await self._once(source, inbound.headers.get(delivery_header), inbound, once)
+
     async def jira(self, inbound: Inbound) -> Reply:
         """issue_created, or issue_updated that adds the trigger label."""
-        method = await self._authenticate("jira", inbound)
-        payload = await self._json("jira", inbound)
-
-        async def handle() -> Reply:
-            return await self._jira(payload, method, inbound)
-
-        return await self._once("jira", inbound.headers.get("x-atlassian-webhook-identifier"), inbound, handle)
+        return await self._signed_json("jira", inbound, "x-atlassian-webhook-identifier", self._jira)
 
     def _jira_ignored(self, payload: dict[str, Any]) -> str | None:
         """Why a Jira event starts nothing, or None when it does."""
@@ -417,13 +427,7 @@ class Webhooks:
 
     async def pagerduty(self, inbound: Inbound) -> Reply:
         """incident.triggered with high urgency; one investigation per incident inside the window."""
-        method = await self._authenticate("pagerduty", inbound)
-        payload = await self._json("pagerduty", inbound)
-
-        async def handle() -> Reply:
-            return await self._pagerduty(payload, method, inbound)
-
-        return await self._once("pagerduty", inbound.headers.get("x-webhook-id"), inbound, handle)
+        return await self._signed_json("pagerduty", inbound, "x-webhook-id", self._pagerduty)
 
     async def _pagerduty(self, payload: dict[str, Any], method: str, inbound: Inbound) -> Reply:
         event = payload.get("event")
