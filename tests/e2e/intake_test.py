@@ -639,7 +639,10 @@ async def test_pagerduty_several_signatures_urgency_and_incident_dedup(intake: A
     )
     assert only_v0.status_code == 401
     no_event = b'{"messages": []}'
-    missing_event = await edge.client.post(url, content=no_event, headers=_pd_headers(no_event))
+    refused_headers = {**_pd_headers(no_event), "x-webhook-id": "delivery-3"}
+    missing_event = await edge.client.post(url, content=no_event, headers=refused_headers)
+    # A refused delivery is not remembered: its retry is judged afresh, not answered "in progress".
+    assert (await edge.client.post(url, content=no_event, headers=refused_headers)).status_code == 400
     assert missing_event.status_code == 400
     assert missing_event.json() == {"error": "Missing event in payload"}
     assert (await edge.client.get(url)).json() == {"status": "ok", "handler": "pagerduty-webhook"}

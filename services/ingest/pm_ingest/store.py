@@ -236,6 +236,10 @@ class Intake:
             investigation_id,
         )
 
+    async def forget(self, key: str) -> None:
+        """Release a delivery id whose request was refused, so its retry is handled afresh."""
+        await self._conn.execute("DELETE FROM intake_dedup WHERE dedup_key = $1 AND kind = 'delivery'", key)
+
     async def create(self, invs: Sequence[NewInvestigation], audit: Audit) -> None:
         """Insert investigations with their outbox and audit rows; ActiveConflict when any ticket is active."""
         created_ids: set[uuid.UUID] = set()

@@ -261,7 +261,13 @@ class Webhooks:
             if replay is not None:
                 self.decisions.labels(source, "replayed").inc()
                 return Reply(replay.status, replay.body)
-        reply = await handle()
+        try:
+            reply = await handle()
+        except BaseException:
+            # Refused or failed: nothing was recorded, so the sender's retry is handled afresh.
+            async with self._store.autocommit() as intake:
+                await intake.forget(key)
+            raise
         async with self._store.autocommit() as intake:
             await intake.remember(key, StoredResponse(digest, reply.status, reply.body), None)
         return reply
