@@ -186,8 +186,8 @@ def _wait_outbox_drained(profile: Profile, timeout: float = 60.0) -> None:
 class _RssSampler:
     """Peak resident memory per component while a run lasts (PostgreSQL with its backends)."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
-        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
+        self._procs = {name: [psutil.Process(pid) for pid in group] for name, group in pids.items()}
         self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -205,9 +205,9 @@ class _RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for name, proc in self._procs.items():
+            for name, procs in self._procs.items():
                 try:
-                    self.peak[name] = max(self.peak[name], self._rss(proc) / 2**20)
+                    self.peak[name] = max(self.peak[name], sum(self._rss(p) for p in procs) / 2**20)
                 except psutil.Error:
                     continue
             self._stop.wait(0.25)
@@ -237,7 +237,12 @@ def _run(profile: Profile, path: BenchPath, concurrency: int, seconds: float, ru
     rows_before, entries_before = _counts(profile, path)
     state = load_state(profile.state_file)
     assert state is not None
-    pids = {r.component: r.pid for r in state.processes if r.component in RSS_COMPONENTS}
+    # Ingest replicas (ingest-2, ...) count together with ingest.
+    pids: dict[str, list[int]] = {}
+    for record in state.processes:
+        group = record.component.partition("-")[0]
+        if group in RSS_COMPONENTS:
+            pids.setdefault(group, []).append(record.pid)
     url = f"http://{profile.address('envoy')}"
     # Arguments after the URL go to the script's init().
     command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), url]
@@ -284,7 +289,9 @@ def _table(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def bench_intake(environ: Mapping[str, str], *, seconds: float, concurrencies: Sequence[int], keep: bool) -> int:
+def bench_intake(
+    environ: Mapping[str, str], *, seconds: float, concurrencies: Sequence[int], keep: bool, ingest_replicas: int = 1
+) -> int:
     """Run the intake benchmark; exit 1 when a run had errors or rows that do not match its 2xx."""
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -296,6 +303,7 @@ def bench_intake(environ: Mapping[str, str], *, seconds: float, concurrencies: S
         "API_KEYS": API_KEY,
         "RATE_LIMIT_INVESTIGATION_PER_MINUTE": str(10**9),
         "LOG_LEVEL": "warning",
+        "PM_INGEST_REPLICAS": str(ingest_replicas),
     }
     profile = stack.up_fresh("bench", bench_environ)
     runs: list[Run] = []
@@ -315,6 +323,7 @@ def bench_intake(environ: Mapping[str, str], *, seconds: float, concurrencies: S
         if not keep:
             stack.down("bench", bench_environ)
     print()
+    print(f"ingest processes: {ingest_replicas}")
     print(_table(runs))
     out = REPO_ROOT / ".stack" / "bench-intake.json"
     out.write_text(json.dumps([asdict(r) for r in runs], indent=2))

@@ -45,6 +45,11 @@ def envoy_binary() -> Path:
     return binary
 
 
+def extra_endpoint(host: str, port: int) -> str:
+    """One more endpoint of the ingest cluster, indented for the template's INGEST_EXTRA_ENDPOINTS."""
+    return f'        - endpoint: {{address: {{socket_address: {{address: "{host}", port_value: {port}}}}}}}'
+
+
 def template_values(profile: Profile, descriptor: Path) -> dict[str, str]:
     """The template's placeholders for the local stack: everything on loopback."""
     return {
@@ -55,6 +60,7 @@ def template_values(profile: Profile, descriptor: Path) -> dict[str, str]:
         "INGEST_HOST": LOOPBACK,
         "INGEST_PORT": str(profile.port("ingest")),
         "INGEST_METRICS_PORT": str(profile.port("ingest-metrics")),
+        "INGEST_EXTRA_ENDPOINTS": "\n".join(extra_endpoint(LOOPBACK, profile.port(n)) for n in profile.ingest_replicas),
         "ORCHESTRATOR_HOST": LOOPBACK,
         "ORCHESTRATOR_PORT": str(profile.port("orchestrator")),
     }

@@ -37,7 +37,7 @@ usage: ./pm <command>
   check-edge            build the descriptor set, render the Envoy config, envoy --mode validate
   lint                  ./pants lint ::
   demo                  the end-to-end demo
-  bench intake [--seconds N] [--concurrency 1,8,32] [--keep]
+  bench intake [--seconds N] [--concurrency 1,8,32] [--ingest-replicas N] [--keep]
                         intake throughput and latency through Envoy (wrk) on a fresh stack of its
                         own in .stack/bench/; checks that every 2xx became one row and one entry
   help                  this text
@@ -48,6 +48,7 @@ PM_<SERVICE>_METRICS_PORT for INGEST 50051/9101, ORCHESTRATOR 50052/9102, WORKER
 REGISTRY 50054/9104; test profile: PM_TEST_PG_PORT 25432, PM_TEST_REDIS_PORT 26379,
 PM_TEST_OPENBAO_PORT 28200, PM_TEST_MOTO_PORT 29000; bench profile: PM_BENCH_PORT 3300 and
 PM_BENCH_* like the dev ones (+100 on the service ports, PG 35432, Redis 36379).
+PM_INGEST_REPLICAS=N runs N ingest processes (ports +1000 each) behind Envoy.
 """
 
 EXIT_DEMO_UNAVAILABLE = 2
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=10.0)
     bench.add_argument("--concurrency", default="1,8,32")
     bench.add_argument("--keep", action="store_true")
+    bench.add_argument("--ingest-replicas", type=int, default=1)
     bench.set_defaults(run=_bench)
     commands.add_parser("help", add_help=False).set_defaults(run=_help)
     return parser
@@ -162,7 +164,9 @@ def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not 1 <= args.seconds <= 120:
         raise StackError("--seconds must be between 1 and 120")
     levels = bench.parse_concurrencies(args.concurrency)
-    return bench.bench_intake(environ, seconds=args.seconds, concurrencies=levels, keep=args.keep)
+    return bench.bench_intake(
+        environ, seconds=args.seconds, concurrencies=levels, keep=args.keep, ingest_replicas=args.ingest_replicas
+    )
 
 
 def _help(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

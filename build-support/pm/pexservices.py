@@ -63,10 +63,12 @@ class ServiceSpec:
     """A service by name; its ports are the profile's `<name>` and `<name>-metrics`."""
 
     name: str
+    # The service a replica runs (`ingest` for `ingest-2`); empty for the service itself.
+    service: str = ""
 
     @property
     def pex(self) -> Path:
-        return DIST / f"pm-{self.name}.pex"
+        return DIST / f"pm-{self.service or self.name}.pex"
 
     @property
     def metrics_component(self) -> str:
@@ -80,6 +82,12 @@ SERVICES = (
     ServiceSpec("worker"),
     ServiceSpec("ingest"),
 )
+
+
+def services_for(profile: Profile) -> tuple[ServiceSpec, ...]:
+    """The services of a stack, with its extra ingest replicas started right after ingest."""
+    replicas = tuple(ServiceSpec(name, service="ingest") for name in profile.ingest_replicas)
+    return (*SERVICES, *replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +169,7 @@ def service_environ(
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_REGION": "us-east-1",
             "REGISTRY_ADDR": profile.address("registry"),
-            "OTEL_SERVICE_NAME": f"pm-{spec.name}",
+            "OTEL_SERVICE_NAME": f"pm-{spec.service or spec.name}",
             "API_KEYS": settings.api_keys,
             "JWT_SECRET": settings.jwt_secret,
         }

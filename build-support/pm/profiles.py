@@ -105,14 +105,40 @@ class Profile:
         """`127.0.0.1:<port>` of `component`."""
         return f"{LOOPBACK}:{self.port(component)}"
 
+    @property
+    def ingest_replicas(self) -> list[str]:
+        """The extra ingest replicas' component names (`ingest-2`, ...), in order."""
+        return sorted((c for c in self.ports if c.startswith("ingest-") and c[7:].isdigit()), key=lambda c: int(c[7:]))
+
     def log_file(self, component: str) -> Path:
         """Where `component` writes its stdout and stderr."""
         return self.logs_dir / f"{component}.log"
 
 
+MAX_INGEST_REPLICAS = 8
+REPLICA_PORT_STEP = 1000
+
+
 def load_profile(name: str, environ: Mapping[str, str]) -> Profile:
-    """The profile `name` with its ports read from `environ` where overridden."""
-    return Profile(name=name, ports={spec.component: _port(spec, environ) for spec in PORT_SPECS[name]})
+    """The profile `name` with its ports read from `environ` where overridden.
+
+    PM_INGEST_REPLICAS=N (dev and bench) adds ingest replicas `ingest-2` .. `ingest-N`, each on
+    the ingest ports plus 1000 per replica; Envoy balances requests over all of them.
+    """
+    ports = {spec.component: _port(spec, environ) for spec in PORT_SPECS[name]}
+    if "ingest" in ports:
+        for replica in range(2, _replicas(environ) + 1):
+            step = REPLICA_PORT_STEP * (replica - 1)
+            ports[f"ingest-{replica}"] = ports["ingest"] + step
+            ports[f"ingest-{replica}-metrics"] = ports["ingest-metrics"] + step
+    return Profile(name=name, ports=ports)
+
+
+def _replicas(environ: Mapping[str, str]) -> int:
+    raw = environ.get("PM_INGEST_REPLICAS", "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_INGEST_REPLICAS:
+        raise StackError(f"PM_INGEST_REPLICAS={raw!r} must be a number from 1 to {MAX_INGEST_REPLICAS}")
+    return int(raw)
 
 
 def _port(spec: PortSpec, environ: Mapping[str, str]) -> int:

@@ -206,7 +206,7 @@ def _stop_record(profile: Profile, record: ProcessRecord) -> None:
     if record.component == "postgres":
         infra.stop_postgres(profile, record)
         return
-    kind = "service" if record.component in {spec.name for spec in pexservices.SERVICES} else "infra"
+    kind = "service" if record.component.partition("-")[0] in {spec.name for spec in pexservices.SERVICES} else "infra"
     terminate(record.pid, record.start_ticks, STOP_TIMEOUT_SECONDS[kind])
 
 
@@ -222,7 +222,7 @@ def _infra_ports(profile: Profile) -> list[tuple[str, int]]:
 
 def _service_ports(profile: Profile) -> list[tuple[str, int]]:
     ports: list[tuple[str, int]] = []
-    for spec in pexservices.SERVICES:
+    for spec in pexservices.services_for(profile):
         ports.append((spec.name, profile.port(spec.name)))
         ports.append((f"{spec.name} metrics", profile.port(spec.metrics_component)))
     return ports
@@ -268,7 +268,7 @@ def _start_services(
     with _stop_all_on_failure(profile, state, "migrate"):
         pexservices.migrate(profile, python, settings.database_url, environ)
     print(f"  {'migrate':<13} done")
-    steps = [_service_step(profile, spec, settings, environ, python) for spec in pexservices.SERVICES]
+    steps = [_service_step(profile, spec, settings, environ, python) for spec in pexservices.services_for(profile)]
     _run_steps(profile, state, steps)
 
 

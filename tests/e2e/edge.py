@@ -74,6 +74,7 @@ async def start_edge(
             "INGEST_HOST": "127.0.0.1",
             "INGEST_PORT": ingest_port,
             "INGEST_METRICS_PORT": metrics_port,
+            "INGEST_EXTRA_ENDPOINTS": "",
             "ORCHESTRATOR_HOST": "127.0.0.1",
             "ORCHESTRATOR_PORT": orchestrator_port,
         },
