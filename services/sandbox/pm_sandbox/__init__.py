@@ -1,0 +1,1 @@
+"""The sandbox observability MCP server: incident snapshots served as real MCP tools."""
