@@ -1,13 +1,19 @@
 """Rate limits per identity and category, shared by every replica through Redis.
 
-A sliding-window log: each allowed request is a member of a sorted set scored by the Redis
-server's clock (so replicas with skewed clocks agree); one Lua script drops entries older than
-the window, counts, and adds the new one only when under the limit, atomically. Refused requests
-are not counted. Keys expire with their window and are named by a digest of the identity, so no
-credential ever appears in Redis.
+A sliding-window log (exact, not the two-counter approximation): each allowed request is a member
+of one sorted set per (identity, category), scored in milliseconds by the Redis server's clock
+(`TIME`, so replicas with skewed clocks agree). One Lua script, run with EVALSHA (loaded again
+automatically after a Redis restart), drops entries that left the window, counts the rest and adds
+the new request only when under the limit, so concurrent callers in any number of processes are
+admitted exactly `limit` times. Refused requests are not counted. A refused caller is told how
+many whole seconds (at least 1) until the oldest entry leaves the window. Keys expire (PEXPIRE)
+one window after the last admitted request and are named by a SHA-256 digest of the identity, so
+no credential ever appears in a Redis key.
 
 When Redis cannot be reached the limiter fails open (intake must keep taking work during a Redis
-outage), logs one warning and does not try Redis again for `fail_open_seconds`.
+outage): it lets the request through marked `degraded`, logs one warning without the identity and
+does not try Redis again for `fail_open_seconds`, so a dead Redis does not add a connect timeout to
+every request.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 CATEGORY_INVESTIGATION = "investigation"
 CATEGORY_QUERY = "query"
 
+# KEYS[1] the bucket; ARGV: limit, window in ms, a unique member for this request.
+# Returns {allowed 0/1, remaining, ms until one slot frees (0 when allowed)}.
 _SCRIPT = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -54,6 +62,12 @@ class RateLimit:
 
     limit: int
     window_seconds: int
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"rate limit must be >= 0, got {self.limit}")
+        if self.window_seconds < 1:
+            raise ValueError(f"rate-limit window must be >= 1 second, got {self.window_seconds}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,28 +126,44 @@ class RateLimiter:
 
     def key(self, identity: str, category: str) -> str:
         """The Redis key of an identity's bucket (a digest: identities may be credentials)."""
-        digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        # surrogatepass: any str (even a lone surrogate) hashes, and distinct strings stay distinct.
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return f"{self._prefix}{category}:{digest}"
 
     async def hit(self, identity: str, category: str) -> RateDecision:
-        """Count one request; allowed=False when the identity is over its limit."""
+        """Count one request; allowed=False (and not counted) when the identity is over its limit.
+
+        Raises ValueError for a category that has no configured limit.
+        """
         try:
             rule = self._limits[category]
         except KeyError:
             raise ValueError(f"unknown rate-limit category {category!r}") from None
-        unlimited = RateDecision(True, rule.limit, rule.limit, 0, rule.window_seconds, category)
-        if rule.limit <= 0:
-            return unlimited
+        if rule.limit == 0:
+            return RateDecision(True, 0, 0, 0, rule.window_seconds, category, degraded=False)
         if time.monotonic() < self._skip_until:
-            return RateDecision(True, rule.limit, rule.limit, 0, rule.window_seconds, category, degraded=True)
+            return self._fail_open(rule, category)
         try:
             allowed, remaining, retry_ms = await self._script(
                 keys=[self.key(identity, category)],
                 args=[rule.limit, rule.window_seconds * 1000, uuid.uuid4().hex],
             )
+        # OSError covers ConnectionError and TimeoutError (asyncio's included) raised outside redis-py.
         except (RedisError, OSError) as exc:
             self._skip_until = time.monotonic() + self._fail_open_seconds
-            log.warning("rate limits not enforced for %.1fs: redis unreachable (%s)", self._fail_open_seconds, exc)
-            return RateDecision(True, rule.limit, rule.limit, 0, rule.window_seconds, category, degraded=True)
-        retry = max(1, math.ceil(int(retry_ms) / 1000)) if not allowed else 0
-        return RateDecision(bool(allowed), rule.limit, int(remaining), retry, rule.window_seconds, category)
+            # The identity is never logged: it may be an API key.
+            log.warning(
+                "rate limits not enforced for %.1fs: redis unreachable (%s: %s)",
+                self._fail_open_seconds,
+                type(exc).__name__,
+                exc,
+            )
+            return self._fail_open(rule, category)
+        if allowed:
+            return RateDecision(True, rule.limit, int(remaining), 0, rule.window_seconds, category, degraded=False)
+        retry = max(1, math.ceil(int(retry_ms) / 1000))
+        return RateDecision(False, rule.limit, 0, retry, rule.window_seconds, category, degraded=False)
+
+    @staticmethod
+    def _fail_open(rule: RateLimit, category: str) -> RateDecision:
+        return RateDecision(True, rule.limit, rule.limit, 0, rule.window_seconds, category, degraded=True)
