@@ -74,6 +74,10 @@ class Incident:
 
     # -- queries ----------------------------------------------------------------------------
 
+    def get_alert(self) -> dict[str, Any]:
+        """The alert that fired: service, metric, threshold, observed value, time, severity, summary."""
+        return dict(self.alert)
+
     def search_logs(
         self,
         *,
@@ -172,13 +176,7 @@ class Incident:
         self, *, service: str | None = None, start: str | None = None, end: str | None = None
     ) -> dict[str, Any]:
         """Deploys, oldest first."""
-        since, until = parse_time(start, "start"), parse_time(end, "end")
-        hits = [
-            d
-            for d in self.deploys
-            if (service is None or d.get("service") == service) and _in_window(_at(d["timestamp"]), since, until)
-        ]
-        return _page(hits, MAX_LIMIT, 0)
+        return _page(_events(self.deploys, service, start, end), MAX_LIMIT, 0)
 
     def list_commits(
         self,
@@ -215,13 +213,7 @@ class Incident:
         self, *, service: str | None = None, start: str | None = None, end: str | None = None
     ) -> dict[str, Any]:
         """Feature-flag changes, oldest first."""
-        since, until = parse_time(start, "start"), parse_time(end, "end")
-        hits = [
-            f
-            for f in self.flags
-            if (service is None or f.get("service") == service) and _in_window(_at(f["timestamp"]), since, until)
-        ]
-        return _page(hits, MAX_LIMIT, 0)
+        return _page(_events(self.flags, service, start, end), MAX_LIMIT, 0)
 
     def get_ticket(self, key: str) -> dict[str, Any]:
         """A ticket by key."""
@@ -239,6 +231,18 @@ class Incident:
             if needle in str(m.get("text", "")).lower() and (channel is None or m.get("channel") == channel)
         ]
         return _page(hits, limit, 0)
+
+
+def _events(
+    items: Sequence[Mapping[str, Any]], service: str | None, start: str | None, end: str | None
+) -> list[Mapping[str, Any]]:
+    """Timestamped events of `service` (all when None) inside [start, end)."""
+    since, until = parse_time(start, "start"), parse_time(end, "end")
+    return [
+        e
+        for e in items
+        if (service is None or e.get("service") == service) and _in_window(_at(e["timestamp"]), since, until)
+    ]
 
 
 def _at(value: str) -> datetime:
