@@ -86,6 +86,27 @@ async def _watch_readiness(server: GrpcServer, probes: Mapping[str, Probe]) -> N
         await asyncio.sleep(READINESS_INTERVAL_SECONDS)
 
 
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]], grace: float) -> bool:
+    """Cancel `tasks` and wait for them; a task still running after `grace` seconds is cancelled
+    again (a loop may have swallowed the first cancellation) and, if it still does not end, left
+    behind with an error logged. Returns whether every task ended."""
+    pending = {task for task in tasks if not task.done()}
+    for attempt in range(3):
+        if not pending:
+            return True
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=max(grace, 1.0))
+        if pending and attempt < 2:
+            log.warning(
+                "background tasks still running after cancel #%d: %s",
+                attempt + 1,
+                ", ".join(sorted(t.get_name() for t in pending)),
+            )
+    log.error("background tasks ignore cancellation: %s", ", ".join(sorted(t.get_name() for t in pending)))
+    return not pending
+
+
 def _install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,23 +145,28 @@ async def run_service(
             tracer_provider=tracing.provider,
         )
         await server.start()
+        stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
         tasks = [asyncio.create_task(_watch_readiness(server, runtime.probes), name="readiness")]
         tasks += [
             asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")) for loop in runtime.background
         ]
         stopped = asyncio.create_task(stop.wait(), name="stop")
-        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
         exit_code = 0
-        for task in done:
-            if task is not stopped and not task.cancelled() and task.exception() is not None:
-                log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        try:
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and not task.cancelled() and task.exception() is not None:
+                    log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+                    exit_code = 1
+            log.info("stopping %s", service)
+            await server.set_serving(False)
+            if not await _cancel_all(tasks, settings.shutdown_grace_seconds):
                 exit_code = 1
-        log.info("stopping %s", service)
-        await server.set_serving(False)
-        for task in (*tasks, stopped):
-            task.cancel()
-        await asyncio.gather(*tasks, stopped, return_exceptions=True)
-        await server.stop(settings.shutdown_grace_seconds)
+        finally:
+            for task in (*tasks, stopped):
+                task.cancel()
+        # Leaving the stack stops the server (in-flight RPCs get the grace period), then closes
+        # the dependencies in reverse order.
     log.info("stopped %s", service)
     return exit_code
 

@@ -159,8 +159,11 @@ class OutboxRelay:
                 await asyncio.sleep(delay)
                 self._wake.clear()
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+            # arrives as the wake-up completes, and this loop would then outlive its shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
             # Under load many commits arrive within a few milliseconds: publish them as one batch.
             await asyncio.sleep(self._coalesce)
             self._wake.clear()

@@ -29,6 +29,8 @@ MESSAGE_TYPE_REQUESTED = "pm.events.v1.InvestigationRequested"
 MESSAGE_TYPE_DEPLOY = "pm.events.v1.DeployRecorded"
 
 MAX_ITERATIONS = {"fast": 1, "balanced": 3, "deep": 5}
+# How long a stopping process keeps trying to write the rejections still queued.
+FINAL_FLUSH_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,10 +445,12 @@ class AuditLog:
         return len(rows)
 
     async def run(self) -> None:
-        """Flush periodically until cancelled, then once more."""
+        """Flush periodically until cancelled, then once more (for at most FINAL_FLUSH_SECONDS)."""
         try:
             while True:
                 await asyncio.sleep(self._interval)
                 await self.flush()
         finally:
-            await asyncio.shield(self.flush())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FINAL_FLUSH_SECONDS):
+                    await self.flush()
