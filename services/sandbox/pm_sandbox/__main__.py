@@ -1,21 +1,31 @@
-"""`python -m pm_sandbox --data <snapshot folder> [--transport stdio|streamable-http] [--port N]`."""
+"""`python -m pm_sandbox --data <snapshot folder> [--transport stdio|streamable-http|sse] [--port N]`.
+
+Over HTTP, `--access-key-header NAME` makes every request carry that header with the value of the
+environment variable SANDBOX_ACCESS_KEY (401 otherwise), like a real server behind an access key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+import uvicorn
+
 from pm_sandbox.data import load_incident
-from pm_sandbox.server import build_server
+from pm_sandbox.server import build_server, http_app
+
+ACCESS_KEY_ENV = "SANDBOX_ACCESS_KEY"
 
 
 def main() -> None:
     """Serve one incident snapshot until stopped."""
     parser = argparse.ArgumentParser(prog="pm-sandbox", description=__doc__)
     parser.add_argument("--data", required=True, help="snapshot folder in the RootCauseBench layout")
-    parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
+    parser.add_argument("--transport", choices=("stdio", "streamable-http", "sse"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--access-key-header", help=f"require this header to equal ${ACCESS_KEY_ENV} (HTTP only)")
     args = parser.parse_args()
     try:
         incident = load_incident(args.data)
@@ -25,8 +35,16 @@ def main() -> None:
     server = build_server(incident)
     if args.transport == "stdio":
         server.run("stdio")
-    else:
-        server.run("streamable-http", host=args.host, port=args.port)
+        return
+    access_key = None
+    if args.access_key_header:
+        value = os.environ.get(ACCESS_KEY_ENV, "")
+        if not value:
+            sys.stderr.write(f"pm-sandbox: --access-key-header needs {ACCESS_KEY_ENV} to be set\n")
+            sys.exit(2)
+        access_key = (args.access_key_header, value)
+    app = http_app(server, args.transport, access_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

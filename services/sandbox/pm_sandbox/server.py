@@ -7,6 +7,8 @@ and defaults, and its docstring are the tool's input schema and description.
 from __future__ import annotations
 
 import functools
+import hmac
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -53,3 +55,37 @@ def build_server(incident: Incident) -> MCPServer[Any]:
     for name in TOOL_NAMES:
         server.tool(name=name)(_as_tool(getattr(incident, name)))
     return server
+
+
+def http_app(server: MCPServer[Any], transport: str, access_key: tuple[str, str] | None = None) -> Any:
+    """The server as an ASGI app for `streamable-http` (path /mcp) or `sse` (path /sse).
+
+    With `access_key` = (header, value), every request must carry that header with that value
+    (compared in constant time) or gets 401, as a real MCP server behind an access key would.
+    """
+    app = server.sse_app() if transport == "sse" else server.streamable_http_app()
+    if access_key is None:
+        return app
+    header = access_key[0].lower().encode()
+    expected = access_key[1].encode()
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or ()).get(header, b"")
+            if not hmac.compare_digest(given, expected):
+                body = json.dumps({"error": f"missing or wrong {access_key[0]} header"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return guarded

@@ -1,0 +1,73 @@
+"""The sandbox MCP server as a real process on loopback, which tests can kill and start again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from pm_testing import free_port, wait_for
+
+# The server runs as a plain `python -m pm_sandbox`: it gets this process's import path.
+CHILD_PYTHONPATH = os.pathsep.join(p for p in sys.path if p)
+
+
+class SandboxProcess:
+    """`python -m pm_sandbox` serving `data` over HTTP (streamable-http or sse) on a fixed port."""
+
+    def __init__(
+        self, data: Path, transport: str, *, access_key_header: str = "", environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.data = data
+        self.transport = transport
+        self.port = free_port()
+        self._access_key_header = access_key_header
+        self._environ = dict(environ or {})
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        path = "/sse" if self.transport == "sse" else "/mcp"
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        args = ["-m", "pm_sandbox", "--data", str(self.data), "--transport", self.transport, "--port", str(self.port)]
+        if self._access_key_header:
+            args += ["--access-key-header", self._access_key_header]
+        env = {**os.environ, **self._environ, "PYTHONPATH": CHILD_PYTHONPATH}
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env
+        )
+
+        async def listening() -> bool:
+            if self._process is not None and self._process.returncode is not None:
+                raise RuntimeError(f"the sandbox exited with {self._process.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await wait_for(listening, timeout=30, what=f"sandbox {self.transport} on port {self.port}")
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        self._process = None
+
+
+@asynccontextmanager
+async def running_sandbox(
+    data: Path, transport: str, *, access_key_header: str = "", environ: Mapping[str, str] | None = None
+) -> AsyncIterator[SandboxProcess]:
+    sandbox = SandboxProcess(data, transport, access_key_header=access_key_header, environ=environ)
+    await sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        await sandbox.kill()
