@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -25,7 +26,7 @@ from pm_grpc import HTTP_BODY_KEY
 from pm_registry.app import SPEC
 from pm_sandbox.fixture import COMMITS, write_snapshot
 from pm_secrets import VaultSecretSource
-from pm_testing import fresh_database, running_service, stack_env, wait_for
+from pm_testing import free_port, fresh_database, running_service, stack_env, wait_for
 
 ACCESS_HEADER = "X-MCP-Access-Key"
 ACCESS_KEY = "mcp-test-key-0123456789"
@@ -96,6 +97,7 @@ class Stack:
     data: Path
     # What the registry logged while starting.
     startup_log: str
+    metrics_url: str
 
 
 def _snapshot(root: Path) -> Path:
@@ -137,13 +139,19 @@ async def stack(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> AsyncItera
         await vault.put("mcp-access-key", ACCESS_KEY)
         config = tmp_path / "mcp-servers.yaml"
         config.write_text(_config(http, sse, data))
-        environ |= {"MCP_SERVERS_FILE": str(config), "MCP_RESULT_MAX_CHARS": "2000", "LOG_LEVEL": "info"}
+        metrics_port = free_port()
+        environ |= {
+            "MCP_SERVERS_FILE": str(config),
+            "MCP_RESULT_MAX_CHARS": "2000",
+            "LOG_LEVEL": "info",
+            "METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        }
         db = await asyncpg.connect(dsn)
         try:
             async with running_service(SPEC, environ) as channel:
                 stub = registry_pb2_grpc.RegistryServiceStub(channel)
                 await _until_connected(stub, {"sandbox", "sandbox-sse", "sandbox-stdio"})
-                yield Stack(stub, db, http, data, capfd.readouterr().err)
+                yield Stack(stub, db, http, data, capfd.readouterr().err, f"http://127.0.0.1:{metrics_port}/metrics")
         finally:
             await db.close()
 
@@ -417,3 +425,16 @@ async def test_the_breaker_opens_when_the_server_dies_and_closes_when_it_returns
         "SELECT status, count(*) FROM mcp_tool_calls WHERE server_name = 'sandbox' GROUP BY status"
     )
     assert {r["status"] for r in statuses} == {"ok", "unavailable"}
+
+
+async def test_calls_and_server_state_are_exported_as_metrics(stack: Stack) -> None:
+    await _call(stack.stub, "sandbox", "get_alert")
+    await _call(stack.stub, "sandbox", "get_ticket", key="NOPE-1")
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(stack.metrics_url)).text
+    assert 'pm_mcp_tool_call_total{server="sandbox",status="ok",tool="get_alert"} 1.0' in text
+    assert 'pm_mcp_tool_call_total{server="sandbox",status="tool_error",tool="get_ticket"} 1.0' in text
+    assert 'pm_mcp_tool_call_duration_seconds_count{server="sandbox",tool="get_alert"} 1.0' in text
+    assert 'pm_mcp_server_health{server="sandbox"} 1.0' in text
+    assert 'pm_mcp_server_health{server="missing-binary"} 0.0' in text
+    assert 'pm_mcp_circuit_state{server="sandbox"} 0.0' in text

@@ -82,3 +82,20 @@ def test_mistakes_are_named_with_their_place(text: str, expected: str) -> None:
 def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_the_shipped_example_of_real_servers_loads() -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "mcp" / "servers.example.yaml"
+    config = load_config(example)
+    assert {s.name for s in config.servers} == {"grafana", "atlassian", "slack", "github", "sentry", "pagerduty"}
+    # Every write tool is a publish.* capability, and only the delivery role holds those.
+    writes = {c for s in config.servers for t in s.tools.values() if t.access == "write" for c in t.capabilities}
+    assert writes
+    assert all(c.startswith("publish.") for c in writes)
+    holders = {role for role, caps in config.roles.items() if writes.intersection(caps)}
+    assert holders == {"delivery"}
+    # Every capability a role is given is provided by some tool.
+    assert {c for caps in config.roles.values() for c in caps} <= config.capabilities()
+    slack = config.server("slack")
+    assert slack is not None
+    assert isinstance(slack.env["SLACK_BOT_TOKEN"], SecretRef)

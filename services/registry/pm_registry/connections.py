@@ -110,6 +110,14 @@ class ServerConnection:
                 self.connected.set()
                 self._first_attempt_done.set()
                 log.info("mcp server %s connected", self.name, extra={"server": self.name, "tools": len(self.tools)})
+                missing = sorted(set(self.config.tools) - set(self.tools))
+                if missing:
+                    log.warning(
+                        "mcp server %s does not offer configured tools: %s",
+                        self.name,
+                        ", ".join(missing),
+                        extra={"server": self.name},
+                    )
                 self._down_logged = False
                 await self._watch(session)
         finally:
