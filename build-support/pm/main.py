@@ -18,6 +18,7 @@ from types import FrameType
 
 import bench
 import edge
+import evaluate
 import stack
 from profiles import REPO_ROOT, StackError, load_profile
 
@@ -40,6 +41,10 @@ usage: ./pm <command>
   bench intake [--seconds N] [--concurrency 1,8,32] [--ingest-replicas N] [--keep]
                         intake throughput and latency through Envoy (wrk) on a fresh stack of its
                         own in .stack/bench/; checks that every 2xx became one row and one entry
+  eval <folder> [--json FILE] [--keep]
+                        the rule reasoner on every case of a RootCauseBench-layout folder, through
+                        the registry and the sandbox on a stack of its own (.stack/eval/); prints
+                        accuracy (overall, on "none" cases), secondary scores and time per case
   help                  this text
 
 Ports (defaults): PORT 3000 (Envoy), PM_ENVOY_ADMIN_PORT 9901, PM_PG_PORT 15432,
@@ -47,7 +52,8 @@ PM_REDIS_PORT 16379, PM_OPENBAO_PORT 18200, PM_MOTO_PORT 19000, PM_<SERVICE>_POR
 PM_<SERVICE>_METRICS_PORT for INGEST 50051/9101, ORCHESTRATOR 50052/9102, WORKER 50053/9103,
 REGISTRY 50054/9104; test profile: PM_TEST_PG_PORT 25432, PM_TEST_REDIS_PORT 26379,
 PM_TEST_OPENBAO_PORT 28200, PM_TEST_MOTO_PORT 29000; bench profile: PM_BENCH_PORT 3300 and
-PM_BENCH_* like the dev ones (+100 on the service ports, PG 35432, Redis 36379).
+PM_BENCH_* like the dev ones (+100 on the service ports, PG 35432, Redis 36379); eval profile:
+PM_EVAL_PORT 3400 and PM_EVAL_* (+200 on the service ports, PG 45432, Redis 46379).
 PM_INGEST_REPLICAS=N runs N ingest processes (ports +1000 each) behind Envoy.
 """
 
@@ -106,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep", action="store_true")
     bench.add_argument("--ingest-replicas", type=int, default=1)
     bench.set_defaults(run=_bench)
+    evaluation = commands.add_parser("eval", add_help=False)
+    evaluation.add_argument("folder")
+    evaluation.add_argument("--json")
+    evaluation.add_argument("--keep", action="store_true")
+    evaluation.set_defaults(
+        run=lambda args, environ: evaluate.evaluate(args.folder, environ, output=args.json, keep=args.keep)
+    )
     commands.add_parser("help", add_help=False).set_defaults(run=_help)
     return parser
 

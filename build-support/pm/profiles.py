@@ -71,7 +71,25 @@ BENCH_PORTS = (
     PortSpec("registry-metrics", "PM_BENCH_REGISTRY_METRICS_PORT", 9114),
 )
 
-PORT_SPECS = {"dev": DEV_PORTS, "test": TEST_PORTS, "bench": BENCH_PORTS}
+# `./pm eval`: a stack of its own too, so an evaluation runs beside the dev stack.
+EVAL_PORTS = (
+    PortSpec("envoy", "PM_EVAL_PORT", 3400),
+    PortSpec("envoy-admin", "PM_EVAL_ENVOY_ADMIN_PORT", 9941),
+    PortSpec("postgres", "PM_EVAL_PG_PORT", 45432),
+    PortSpec("redis", "PM_EVAL_REDIS_PORT", 46379),
+    PortSpec("openbao", "PM_EVAL_OPENBAO_PORT", 48200),
+    PortSpec("moto", "PM_EVAL_MOTO_PORT", 49000),
+    PortSpec("ingest", "PM_EVAL_INGEST_PORT", 50251),
+    PortSpec("ingest-metrics", "PM_EVAL_INGEST_METRICS_PORT", 9121),
+    PortSpec("orchestrator", "PM_EVAL_ORCHESTRATOR_PORT", 50252),
+    PortSpec("orchestrator-metrics", "PM_EVAL_ORCHESTRATOR_METRICS_PORT", 9122),
+    PortSpec("worker", "PM_EVAL_WORKER_PORT", 50253),
+    PortSpec("worker-metrics", "PM_EVAL_WORKER_METRICS_PORT", 9123),
+    PortSpec("registry", "PM_EVAL_REGISTRY_PORT", 50254),
+    PortSpec("registry-metrics", "PM_EVAL_REGISTRY_METRICS_PORT", 9124),
+)
+
+PORT_SPECS = {"dev": DEV_PORTS, "test": TEST_PORTS, "bench": BENCH_PORTS, "eval": EVAL_PORTS}
 
 
 @dataclass(frozen=True, slots=True)

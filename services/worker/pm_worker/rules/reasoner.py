@@ -1,0 +1,785 @@
+"""The rule reasoner: deterministic playbooks over the same tools the LLM agents use.
+
+Phases (each a method, so the orchestrator can run them as separate steps):
+
+- triage: read the alert; find when the alerted signal left its baseline (the onset).
+- gather: error logs and log patterns, every metric of every service, error traces, deploys,
+  commits and flag changes around the onset.
+- hypothesize: the first failing service (earliest sustained departure; the alerted service on
+  a tie), the blast radius (services departing after it), and candidate changes: every commit
+  that went out with a deploy before the onset (a deploy ships the commits since that service's
+  previous deploy that touch the service or shared code) plus flag changes.
+- verify: per candidate, checks with evidence — timing, location, fault signature (names, paths
+  and numbers from the errors found in the change), mechanism (the kind of change matches the
+  kind of symptom), substance (not only styles, tests, docs or comments), still deployed.
+- conclude: ROOT_CAUSE only when every check of the best candidate passes and it clearly beats
+  the rest; PROBABLE_CAUSE or CONTRIBUTING_FACTOR when partly supported; otherwise
+  INCONCLUSIVE, saying that no change explains the symptom and naming the operational signal
+  found (traffic surge, certificate expiry, disk full, saturation, upstream failure).
+
+Every claim keeps the call ids of the tool calls it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pm_worker.rules.signals import (
+    DiffFacts,
+    Onset,
+    analyse_diff,
+    error_onsets,
+    identifiers,
+    iso,
+    mechanisms,
+    onset,
+    parse_time,
+    paths,
+    words,
+)
+from pm_worker.rules.toolbox import Answer, ToolBox
+
+LOOKBACK = timedelta(hours=6)
+TIE = timedelta(seconds=90)
+# Metrics come in one-minute buckets: a departure dated at a bucket's start may begin up to a
+# minute later, so a change up to one step after that date can still be its cause.
+STEP = timedelta(seconds=60)
+PAGE = 200  # records per page of a paged query
+MAX_RECORDS = 5000  # records read per query at most
+_SHARED_DIRS = re.compile(r"^(pkg|lib|libs|shared|common|internal|platform|vendor)/")
+_CONFIG_FILE = re.compile(r"\.(ya?ml|json|toml|ini|env|properties|conf|cfg|tf|hcl)$")
+_TRAFFIC = re.compile(r"(request|rps|qps|throughput|traffic|arrival|sessions|users)", re.IGNORECASE)
+_SATURATION = re.compile(r"(cpu|memory|mem_|heap|disk_used|saturation|utili[sz]ation|load)", re.IGNORECASE)
+
+
+@dataclass
+class Evidence:
+    """A fact and the tool calls it comes from."""
+
+    claim: str
+    call_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "call_ids": sorted({c for c in self.call_ids if c})}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    call_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail, "call_ids": sorted(set(self.call_ids))}
+
+
+@dataclass
+class Candidate:
+    """A change that might explain the symptom."""
+
+    kind: str  # "commit" | "flag"
+    ref: str  # sha or flag name
+    service: str
+    at: datetime  # when it reached production
+    title: str
+    files: tuple[str, ...] = ()
+    facts: DiffFacts | None = None
+    call_ids: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    score: float = 0.0
+
+    def passed(self, name: str) -> bool:
+        return any(c.name == name and c.passed for c in self.checks)
+
+
+@dataclass
+class Case:
+    """What the reasoner knows about one investigation, phase by phase."""
+
+    alert: dict[str, Any] = field(default_factory=dict)
+    fired_at: datetime | None = None
+    onset: datetime | None = None
+    alert_onset: Onset | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    patterns: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[tuple[str, str], list[tuple[datetime, float]]] = field(default_factory=dict)
+    departures: dict[str, list[tuple[datetime, str, Onset]]] = field(default_factory=dict)
+    error_onsets: dict[str, datetime] = field(default_factory=dict)
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    deploys: list[dict[str, Any]] = field(default_factory=list)
+    commits: list[dict[str, Any]] = field(default_factory=list)
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    first_failing: str = ""
+    blast_radius: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    operational: list[Evidence] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    calls: dict[str, list[str]] = field(default_factory=dict)  # topic -> call ids
+    problems: list[str] = field(default_factory=list)
+
+    def cite(self, topic: str, answer: Answer) -> None:
+        if answer.call_id:
+            self.calls.setdefault(topic, []).append(answer.call_id)
+        if answer.error:
+            self.problems.append(f"{answer.capability}: {answer.error}")
+
+
+class RuleReasoner:
+    """Runs the playbooks against a ToolBox."""
+
+    def __init__(self, tools: ToolBox) -> None:
+        self._tools = tools
+
+    async def investigate(self) -> dict[str, Any]:
+        """All phases; returns the findings (see `conclude`)."""
+        case = Case()
+        await self.triage(case)
+        await self.gather(case)
+        await self.hypothesize(case)
+        await self.verify(case)
+        return self.conclude(case)
+
+    # -- triage -----------------------------------------------------------------------------
+
+    async def triage(self, case: Case) -> None:
+        answer = await self._tools.call("alerts.get", {})
+        case.cite("alert", answer)
+        case.alert = answer.data
+        fired = case.alert.get("fired_at")
+        case.fired_at = parse_time(str(fired)) if fired else None
+        service, metric = case.alert.get("service"), case.alert.get("metric")
+        if metric:
+            series = await self._series(case, str(metric), str(service) if service else None, topic="alert_metric")
+            points = series.get(str(service), []) if service else []
+            case.alert_onset = onset(points, before=case.fired_at)
+        if case.alert_onset is not None:
+            case.onset = case.alert_onset.at
+            case.evidence.append(
+                Evidence(
+                    f"{service} {metric} left its baseline ({case.alert_onset.baseline:.4g}) at {iso(case.onset)},"
+                    f" reaching {case.alert_onset.peak:.4g}",
+                    case.calls.get("alert_metric", []),
+                )
+            )
+        elif case.fired_at is not None:
+            case.onset = case.fired_at - timedelta(minutes=5)
+
+    # -- gather -----------------------------------------------------------------------------
+
+    async def gather(self, case: Case) -> None:
+        if case.onset is None:
+            case.problems.append("no alert time: nothing to anchor the search")
+            return
+        start = iso(case.onset - LOOKBACK)
+        end = iso((case.fired_at or case.onset) + timedelta(minutes=15))
+        case.errors = await self._all(
+            case, "logs.search", {"min_severity": "WARN", "start": start, "end": end}, topic="errors"
+        )
+        patterns = await self._tools.call("logs.patterns", {"limit": 50})
+        case.cite("patterns", patterns)
+        case.patterns = list(patterns.data.get("items", []))
+        known = await self._tools.call(
+            "metrics.query", {"metric": str(case.alert.get("metric", "")), "step_seconds": 60}
+        )
+        for metric in known.data.get("known_metrics", []):
+            await self._series(case, str(metric), None, topic=f"metric:{metric}", start=start, end=end)
+        case.traces = await self._all(
+            case, "traces.search", {"status": "ERROR", "start": start, "end": end}, topic="traces"
+        )
+        deploys = await self._tools.call("changes.deploys", {"end": end})
+        case.cite("deploys", deploys)
+        case.deploys = sorted(deploys.data.get("items", []), key=lambda d: str(d.get("timestamp", "")))
+        commits = await self._tools.call("changes.commits", {"end": end, "limit": 1000})
+        case.cite("commits", commits)
+        case.commits = sorted(commits.data.get("items", []), key=lambda c: str(c.get("timestamp", "")))
+        flags = await self._tools.call("flags.changes", {"start": start, "end": end})
+        case.cite("flags", flags)
+        case.flags = list(flags.data.get("items", []))
+
+    async def _all(
+        self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str
+    ) -> list[dict[str, Any]]:
+        """Every page of a paged query; a page cut by the registry's size cap is asked again smaller."""
+        items: list[dict[str, Any]] = []
+        offset, limit = 0, PAGE
+        while True:
+            answer = await self._tools.call(capability, {**arguments, "limit": limit, "offset": offset})
+            case.cite(topic, answer)
+            if answer.truncated and limit > 1:
+                limit = max(1, limit // 4)
+                continue
+            page = list(answer.data.get("items", []))
+            items += page
+            offset += len(page)
+            if not page or offset >= int(answer.data.get("total", 0)) or len(items) >= MAX_RECORDS:
+                return items
+
+    async def _series(
+        self,
+        case: Case,
+        metric: str,
+        service: str | None,
+        *,
+        topic: str,
+        start: str | None = None,
+        end: str | None = None,
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        answer = await self._tools.call(
+            "metrics.query",
+            {
+                "metric": metric,
+                "service": service,
+                "step_seconds": 60,
+                "aggregation": "avg",
+                "start": start,
+                "end": end,
+            },
+        )
+        case.cite(topic, answer)
+        found: dict[str, list[tuple[datetime, float]]] = {}
+        for series in answer.data.get("series", []):
+            points = [(parse_time(str(p["timestamp"])), float(p["value"])) for p in series.get("points", [])]
+            found[str(series.get("service", ""))] = points
+            case.series[(str(series.get("service", "")), metric)] = points
+        return found
+
+    # -- hypothesize ------------------------------------------------------------------------
+
+    async def hypothesize(self, case: Case) -> None:
+        if case.onset is None:
+            return
+        horizon = (case.fired_at or case.onset) + timedelta(minutes=5)
+        for (service, metric), points in case.series.items():
+            departure = onset(points, before=horizon)
+            if departure is not None and departure.at <= horizon and departure.at >= case.onset - timedelta(hours=2):
+                case.departures.setdefault(service, []).append((departure.at, metric, departure))
+        serious = [e for e in case.errors if str(e.get("severity_text", "")).upper() in ("ERROR", "FATAL", "CRITICAL")]
+        case.error_onsets = {
+            s: t for s, t in error_onsets(serious).items() if case.onset - timedelta(hours=2) <= t <= horizon
+        }
+        starts: dict[str, datetime] = {}
+        for service, found in case.departures.items():
+            starts[service] = min(at for at, _, _ in found)
+        for service, at in case.error_onsets.items():
+            starts[service] = min(at, starts.get(service, at))
+        alerted = str(case.alert.get("service", ""))
+        if starts:
+            earliest = min(starts.values())
+            tied = sorted(s for s, at in starts.items() if at - earliest <= TIE)
+            case.first_failing = alerted if alerted in tied else tied[0]
+        else:
+            case.first_failing = alerted
+        first_at = starts.get(case.first_failing, case.onset)
+        case.blast_radius = sorted(s for s, at in starts.items() if s != case.first_failing and at >= first_at - TIE)
+        for service in [case.first_failing, *case.blast_radius]:
+            if service in starts:
+                metrics = ", ".join(sorted({m for _, m, _ in case.departures.get(service, [])})) or "error logs"
+                case.evidence.append(
+                    Evidence(
+                        f"{service} departed from its baseline at {iso(starts[service])} ({metrics})",
+                        [*case.calls.get("errors", [])[:1], *_metric_calls(case, service)],
+                    )
+                )
+        self._candidates(case, first_at)
+
+    def _candidates(self, case: Case, first_at: datetime) -> None:
+        onset_at = min(first_at, case.onset or first_at) + STEP
+        deploy_calls = case.calls.get("deploys", [])
+        commits_by_sha = {str(c.get("sha", "")): c for c in case.commits}
+        previous: dict[str, datetime] = {}
+        for deploy in case.deploys:
+            at = parse_time(str(deploy.get("timestamp")))
+            service = str(deploy.get("service", ""))
+            since = previous.get(service, at - LOOKBACK)
+            previous[service] = at
+            if at > onset_at or at < onset_at - LOOKBACK:
+                continue
+            shipped = [
+                c for c in case.commits if since < parse_time(str(c.get("timestamp"))) <= at and _touches(c, service)
+            ]
+            sha = str(deploy.get("commit_sha", ""))
+            if sha in commits_by_sha and commits_by_sha[sha] not in shipped:
+                shipped.append(commits_by_sha[sha])
+            for commit in shipped:
+                existing = next((c for c in case.candidates if c.ref == commit.get("sha")), None)
+                if existing is not None:
+                    continue
+                case.candidates.append(
+                    Candidate(
+                        kind="commit",
+                        ref=str(commit.get("sha", "")),
+                        service=service,
+                        at=at,
+                        title=str(commit.get("message", "")).splitlines()[0] if commit.get("message") else "",
+                        files=tuple(commit.get("files_changed", ()) or ()),
+                        call_ids=[*deploy_calls, *case.calls.get("commits", [])],
+                    )
+                )
+        for flag in case.flags:
+            at = parse_time(str(flag.get("timestamp")))
+            if onset_at - LOOKBACK <= at <= onset_at:
+                case.candidates.append(
+                    Candidate(
+                        kind="flag",
+                        ref=str(flag.get("flag", flag.get("name", "flag"))),
+                        service=str(flag.get("service", "")),
+                        at=at,
+                        title=f"flag {flag.get('flag', flag.get('name', ''))} {flag.get('change', '')}".strip(),
+                        call_ids=list(case.calls.get("flags", [])),
+                    )
+                )
+
+    # -- verify -----------------------------------------------------------------------------
+
+    async def verify(self, case: Case) -> None:
+        if not case.candidates:
+            return
+        fault = _fault_text(case)
+        fault_names = identifiers(fault)
+        fault_paths = paths(fault) | {
+            str(e.get("stack", "")).split(":")[0] for e in _fault_errors(case) if e.get("stack")
+        }
+        fault_words = words(fault) | words(str(case.alert.get("metric", "")))
+        symptom = mechanisms(fault_words)
+        related = {case.first_failing, *case.blast_radius}
+        # Names that appear in many changes say little about any one of them.
+        for candidate in case.candidates:
+            if candidate.kind == "commit":
+                answer = await self._tools.call("changes.diff", {"sha": candidate.ref})
+                candidate.call_ids.append(answer.call_id)
+                candidate.facts = analyse_diff(str(answer.data.get("diff", "")), candidate.files)
+        frequency: dict[str, int] = {}
+        for candidate in case.candidates:
+            for name in candidate.facts.names if candidate.facts else ():
+                frequency[name] = frequency.get(name, 0) + 1
+        fault_calls = [*case.calls.get("errors", [])[:2], *case.calls.get("alert", []), *case.calls.get("patterns", [])]
+        for candidate in case.candidates:
+            self._check(case, candidate, fault_names, fault_paths, symptom, related, frequency, fault_calls)
+        case.candidates.sort(key=lambda c: (-c.score, c.at))
+
+    def _check(
+        self,
+        case: Case,
+        candidate: Candidate,
+        fault_names: set[str],
+        fault_paths: set[str],
+        symptom: set[str],
+        related: set[str],
+        frequency: Mapping[str, int],
+        fault_calls: list[str],
+    ) -> None:
+        onset_at = case.onset or candidate.at
+        gap = onset_at - candidate.at
+        checks = candidate.checks
+        checks.append(
+            Check(
+                "timing",
+                -STEP <= gap <= LOOKBACK,
+                f"reached production {_duration(gap)} before the onset ({iso(candidate.at)})",
+                list(candidate.call_ids[:1]),
+            )
+        )
+        location = candidate.service == case.first_failing or (
+            candidate.service in related and candidate.kind == "commit" and _shared(candidate.files)
+        )
+        checks.append(
+            Check(
+                "location",
+                location,
+                f"{'shipped with' if candidate.kind == 'commit' else 'changed on'} {candidate.service}"
+                f" ({'the' if candidate.service == case.first_failing else 'not the'} first failing service)",
+                list(candidate.call_ids[:1]),
+            )
+        )
+        facts = candidate.facts
+        if facts is not None:
+            shared_names = {n for n in facts.names & fault_names if frequency.get(n, 0) <= 2}
+            frame = {p for p in fault_paths if p and any(f.endswith(p) or p.endswith(f) for f in facts.files)}
+            echoes = _number_echoes(case, facts)
+            signature = bool(shared_names or frame or echoes)
+            detail = (
+                "; ".join(
+                    part
+                    for part in (
+                        f"names from the errors in the change: {', '.join(sorted(shared_names)[:6])}"
+                        if shared_names
+                        else "",
+                        f"failing stack frames in changed files: {', '.join(sorted(frame))}" if frame else "",
+                        f"changed values seen in the symptom: {', '.join(echoes[:3])}" if echoes else "",
+                    )
+                    if part
+                )
+                or "nothing named in the errors appears in the change"
+            )
+            checks.append(Check("signature", signature, detail, [*candidate.call_ids[-1:], *fault_calls]))
+            change_kinds = mechanisms(facts.vocabulary) | (
+                {"capacity"}
+                if any(n.factor >= 2 for n in facts.numbers)
+                and symptom & {"pool", "timeout", "capacity", "memory", "retry"}
+                else set()
+            )
+            matched = change_kinds & symptom
+            checks.append(
+                Check(
+                    "mechanism",
+                    bool(matched) and not facts.cosmetic,
+                    f"the change is about {', '.join(sorted(matched))}, as the symptom"
+                    if matched
+                    else f"the change ({', '.join(sorted(change_kinds)) or 'no recognised mechanism'}) does not match"
+                    f" the symptom ({', '.join(sorted(symptom)) or 'unclassified'})",
+                    list(candidate.call_ids[-1:]),
+                )
+            )
+            checks.append(
+                Check(
+                    "substance",
+                    not facts.cosmetic and facts.effective_lines > 0,
+                    "changes behaviour-bearing code or configuration"
+                    if not facts.cosmetic
+                    else "only styles, tests, docs, CI or comments",
+                    list(candidate.call_ids[-1:]),
+                )
+            )
+            strength = (
+                3.0 * bool(frame) + min(2.5, sum(1.0 / frequency.get(n, 1) for n in shared_names)) + 2.0 * bool(echoes)
+            )
+        else:
+            flag_words = words(candidate.title)
+            matched = mechanisms(flag_words) & symptom
+            checks.append(
+                Check(
+                    "signature",
+                    bool(flag_words & fault_names),
+                    "the flag is named in the errors"
+                    if flag_words & fault_names
+                    else "the flag is not named in the errors",
+                    fault_calls,
+                )
+            )
+            checks.append(
+                Check(
+                    "mechanism",
+                    bool(matched),
+                    f"flag about {', '.join(sorted(matched))}"
+                    if matched
+                    else "the flag's area does not match the symptom",
+                    list(candidate.call_ids),
+                )
+            )
+            checks.append(Check("substance", True, "a runtime behaviour switch", list(candidate.call_ids)))
+            strength = 1.0 * bool(flag_words & fault_names)
+        still = _still_deployed(case, candidate)
+        checks.append(
+            Check(
+                "still_deployed",
+                still,
+                "no rollback to an older build before the alert" if still else "rolled back before the alert",
+                list(case.calls.get("deploys", [])),
+            )
+        )
+        score = strength
+        score += (
+            1.5 * candidate.passed("mechanism") + 1.0 * candidate.passed("location") + 0.5 * candidate.passed("timing")
+        )
+        if not candidate.passed("substance"):
+            score -= 3.0
+        if not candidate.passed("timing"):
+            score -= 5.0
+        # Closer to the onset is slightly more suspicious, never decisive.
+        score += 0.25 * math.exp(-max(gap.total_seconds(), 0) / 3600)
+        candidate.score = round(score, 3)
+
+    # -- conclude ---------------------------------------------------------------------------
+
+    def conclude(self, case: Case) -> dict[str, Any]:
+        self._operational(case)
+        best = case.candidates[0] if case.candidates else None
+        runner_up = case.candidates[1].score if len(case.candidates) > 1 else 0.0
+        verdict, confidence = "INCONCLUSIVE", 0.3
+        culprit: Candidate | None = None
+        if best is not None and best.passed("timing") and best.passed("substance") and best.passed("still_deployed"):
+            explains = best.passed("signature") and best.passed("mechanism")
+            clear = best.score >= runner_up + 1.5
+            if explains and best.passed("location") and clear:
+                verdict, confidence, culprit = "ROOT_CAUSE", min(0.95, 0.7 + 0.05 * (best.score - runner_up)), best
+            elif explains and best.score > runner_up:
+                verdict, confidence, culprit = "PROBABLE_CAUSE", 0.6 if clear else 0.5, best
+            elif best.passed("mechanism") and best.passed("location") and clear and not case.operational:
+                verdict, confidence, culprit = "CONTRIBUTING_FACTOR", 0.4, best
+        if culprit is None and case.operational:
+            confidence = 0.5
+        hypotheses = [_hypothesis(c, c is culprit, verdict) for c in case.candidates[:8]]
+        operational = case.operational[0].claim if case.operational else ""
+        if culprit is None:
+            summary = "No change explains this." + (
+                f" Operational signal: {operational}." if operational else " No operational signal was found either."
+            )
+        else:
+            summary = (
+                f"{culprit.title} ({culprit.ref[:8]}), shipped with {culprit.service} at {iso(culprit.at)},"
+                " explains the symptom."
+            )
+        return {
+            "verdict": verdict,
+            "confidence": round(confidence, 2),
+            "summary": summary,
+            "onset": iso(case.onset) if case.onset else None,
+            "alert": case.alert,
+            "first_failing_service": case.first_failing,
+            "blast_radius": case.blast_radius,
+            "culprit": None
+            if culprit is None
+            else {
+                "kind": culprit.kind,
+                "ref": culprit.ref,
+                "service": culprit.service,
+                "title": culprit.title,
+                "at": iso(culprit.at),
+            },
+            "root_cause_commit": culprit.ref
+            if culprit is not None and culprit.kind == "commit" and verdict in ("ROOT_CAUSE", "PROBABLE_CAUSE")
+            else "none",
+            "operational_signal": operational,
+            "remediation": _remediation(case, culprit, verdict),
+            "hypotheses": hypotheses,
+            "evidence": [e.as_dict() for e in [*case.evidence, *case.operational]],
+            "timeline": _timeline(case),
+            "problems": case.problems,
+        }
+
+    def _operational(self, case: Case) -> None:
+        text = _fault_text(case).lower()
+        calls = [*case.calls.get("errors", [])[:2], *case.calls.get("alert", [])]
+        if re.search(r"x509|certificate|cert(ificate)? (has )?expired|tls handshake", text):
+            case.operational.append(Evidence("certificate expiry or TLS handshake failures", calls))
+        if re.search(r"no space left|disk (is )?full|read-only file system", text):
+            case.operational.append(Evidence("disk full", calls))
+        first_at = case.onset
+        for (service, metric), points in sorted(case.series.items()):
+            if not _TRAFFIC.search(metric) or first_at is None:
+                continue
+            departure = onset(points, before=(case.fired_at or first_at) + timedelta(minutes=5))
+            if (
+                departure is not None
+                and departure.direction > 0
+                and departure.ratio >= 2
+                and departure.at <= first_at + TIE
+            ):
+                case.operational.append(
+                    Evidence(
+                        f"traffic surge: {service} {metric} rose {departure.ratio:.1f}x at {iso(departure.at)}",
+                        _metric_calls(case, service),
+                    )
+                )
+                break
+        for (service, metric), points in sorted(case.series.items()):
+            if service == case.first_failing and _SATURATION.search(metric) and points:
+                peak = max(v for _, v in points)
+                if 0.9 <= peak <= 1.0 or 90 <= peak <= 100:
+                    case.operational.append(
+                        Evidence(f"saturation: {service} {metric} reached {peak:.4g}", _metric_calls(case, service))
+                    )
+                    break
+        if re.search(r"upstream|provider|third[- ]party|dependency", text) and not case.candidates:
+            case.operational.append(Evidence("errors from an upstream dependency", calls))
+
+
+def _metric_calls(case: Case, service: str) -> list[str]:
+    return [
+        call
+        for (s, metric), _ in case.series.items()
+        if s == service
+        for call in case.calls.get(f"metric:{metric}", [])
+    ][:3]
+
+
+def _fault_errors(case: Case) -> list[dict[str, Any]]:
+    primary = [e for e in case.errors if e.get("service") == case.first_failing]
+    return primary or case.errors
+
+
+def _fault_text(case: Case) -> str:
+    """What the symptom says: the alert, the first failing service's errors, growing log patterns."""
+    parts = [str(case.alert.get(k, "")) for k in ("summary", "detail", "metric")]
+    seen: set[str] = set()
+    for error in _fault_errors(case):
+        message = str(error.get("msg", error.get("message", "")))
+        if message not in seen:
+            seen.add(message)
+            parts.append(message)
+            parts.extend(
+                str(v)
+                for k, v in error.items()
+                if k not in ("timestamp", "service", "severity_text", "msg", "trace_id", "span_id")
+            )
+    for pattern in case.patterns:
+        delta = str(pattern.get("delta_vs_baseline", ""))
+        if delta.startswith("+") and delta not in ("+0", "+0%"):
+            parts.append(str(pattern.get("signature", "")))
+    return "\n".join(parts)
+
+
+def _number_echoes(case: Case, facts: DiffFacts) -> list[str]:
+    """Changed values that show up in the symptom: a metric moving from the old to the new value,
+    or the new value quoted by the failing service's errors."""
+    echoes: list[str] = []
+    errors = " ".join(
+        " ".join(f"{k}={v}" for k, v in e.items() if k not in ("timestamp", "trace_id", "span_id"))
+        for e in _fault_errors(case)
+    )
+    for change in facts.numbers:
+        old_numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", change.old)]
+        new_numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", change.new)]
+        if len(old_numbers) != 1 or len(new_numbers) != 1 or old_numbers[0] == new_numbers[0]:
+            continue
+        old, new = old_numbers[0], new_numbers[0]
+        for (service, metric), points in case.series.items():
+            if service != case.first_failing or len(points) < 6:
+                continue
+            before_alert = [v for at, v in points if case.fired_at is None or at <= case.fired_at]
+            head = sorted(v for _, v in points[: len(points) // 3])
+            tail = sorted(before_alert[-5:])
+            if head and tail and _near(head[len(head) // 2], old) and _near(tail[len(tail) // 2], new):
+                echoes.append(f"{metric} {old:g} -> {new:g} ({change.context})")
+        if new >= 100 and re.search(rf"(?<![\d.]){new:g}(?![\d.])", errors):
+            echoes.append(f"{change.context} {new:g} quoted in errors")
+    return echoes
+
+
+def _near(value: float, target: float) -> bool:
+    return abs(value - target) <= max(0.05 * abs(target), 0.5)
+
+
+def _touches(commit: Mapping[str, Any], service: str) -> bool:
+    files = [str(f) for f in commit.get("files_changed", ()) or ()]
+    stem = re.sub(r"(-?svc|-?service|-?api)$", "", service.lower())
+    return any(stem and stem in f.lower() for f in files) or _shared(files)
+
+
+def _shared(files: Iterable[str]) -> bool:
+    return any(_SHARED_DIRS.match(f) for f in files)
+
+
+def _still_deployed(case: Case, candidate: Candidate) -> bool:
+    if candidate.kind != "commit":
+        return True
+    commit = next((c for c in case.commits if c.get("sha") == candidate.ref), None)
+    committed = parse_time(str(commit.get("timestamp"))) if commit else candidate.at
+    for deploy in case.deploys:
+        at = parse_time(str(deploy.get("timestamp")))
+        if deploy.get("service") != candidate.service or not candidate.at < at <= (case.fired_at or at):
+            continue
+        shipped = next((c for c in case.commits if c.get("sha") == deploy.get("commit_sha")), None)
+        if shipped is not None and parse_time(str(shipped.get("timestamp"))) < committed:
+            return False
+    return True
+
+
+def _duration(gap: timedelta) -> str:
+    seconds = int(gap.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    return (
+        f"{sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _hypothesis(candidate: Candidate, chosen: bool, verdict: str) -> dict[str, Any]:
+    failed = [c.name for c in candidate.checks if not c.passed]
+    return {
+        "kind": candidate.kind,
+        "ref": candidate.ref,
+        "service": candidate.service,
+        "title": candidate.title,
+        "at": iso(candidate.at),
+        "score": candidate.score,
+        "status": ("confirmed" if verdict == "ROOT_CAUSE" else "supported") if chosen else "rejected",
+        "rejected_because": ""
+        if chosen
+        else (f"failed checks: {', '.join(failed)}" if failed else "a better-supported change explains the symptom"),
+        "checks": [c.as_dict() for c in candidate.checks],
+    }
+
+
+def _remediation(case: Case, culprit: Candidate | None, verdict: str) -> dict[str, Any]:  # noqa: PLR0911 - one answer per kind of cause
+    if culprit is not None and culprit.kind == "flag":
+        return {"class": "config-revert", "steps": [f"Turn flag {culprit.ref} back ({culprit.title})."]}
+    if culprit is not None:
+        text = _fault_text(case).lower()
+        if culprit.files and all(_CONFIG_FILE.search(f) for f in culprit.files):
+            return {
+                "class": "config-revert",
+                "steps": [f"Revert the configuration change {culprit.ref[:8]} and redeploy {culprit.service}."],
+            }
+        if re.search(r"does not exist|no such table|undefined (table|column)|missing (table|column|migration)", text):
+            return {
+                "class": "roll-forward",
+                "steps": [
+                    f"Ship what {culprit.ref[:8]} depends on (e.g. the missing migration),"
+                    f" or roll {culprit.service} back."
+                ],
+            }
+        return {
+            "class": "rollback",
+            "steps": [
+                f"Roll {culprit.service} back to the build before {culprit.ref[:8]} ({culprit.title}).",
+                "Then fix forward with a test that reproduces the symptom.",
+            ],
+        }
+    signals = " ".join(e.claim for e in case.operational)
+    if "certificate" in signals:
+        return {
+            "class": "rotate-cert",
+            "steps": [
+                "Rotate the expired certificate and reload the services serving it.",
+                "Alert on certificate expiry ahead of time.",
+            ],
+        }
+    if "traffic surge" in signals or "saturation" in signals:
+        return {
+            "class": "scale",
+            "steps": [
+                f"Scale {case.first_failing} (and what it calls) out; shed or queue load.",
+                "Review autoscaling limits.",
+            ],
+        }
+    if "disk full" in signals:
+        return {"class": "free-disk", "steps": [f"Free space on {case.first_failing}'s volume and find what fills it."]}
+    if "upstream" in signals:
+        return {"class": "failover", "steps": ["Fail over to another provider or region, or degrade gracefully."]}
+    return {
+        "class": "investigate",
+        "steps": ["No change or operational signal explains the symptom; widen the search window or add data sources."],
+    }
+
+
+def _timeline(case: Case) -> list[dict[str, str]]:
+    events: list[tuple[datetime, str]] = []
+    for candidate in case.candidates[:5]:
+        events.append(
+            (candidate.at, f"{candidate.kind} {candidate.ref[:12]} reached {candidate.service}: {candidate.title}")
+        )
+    if case.onset:
+        events.append((case.onset, f"{case.alert.get('service')} {case.alert.get('metric')} left its baseline"))
+    for service, at in sorted(case.error_onsets.items(), key=lambda x: x[1]):
+        events.append((at, f"{service} started logging errors"))
+    if case.fired_at:
+        events.append((case.fired_at, f"alert fired: {case.alert.get('summary', '')}"))
+    return [{"at": iso(at), "event": text} for at, text in sorted(events, key=lambda e: e[0])]
+
+
+def summarize_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Error messages by count (for reports)."""
+    counts: dict[str, int] = {}
+    for error in errors:
+        message = str(error.get("msg", ""))[:160]
+        counts[message] = counts.get(message, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

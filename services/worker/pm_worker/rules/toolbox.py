@@ -1,0 +1,129 @@
+"""How the rule reasoner reaches tools: by capability, through the registry, citing call ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One tool call's result: the call id reports cite, and the tool's JSON (or the error)."""
+
+    call_id: str
+    capability: str
+    tool: str
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    # The registry cut the result to its size cap: `data` may be incomplete; ask for less.
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class ToolBox(Protocol):
+    """Calls a tool that provides `capability`."""
+
+    async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    server: str
+    tool: str
+
+
+class RegistryToolBox:
+    """Calls through the registry's CallTool, choosing the tool by capability (ListTools)."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        agent_role: str,
+        investigation_id: str = "",
+        step_id: str = "",
+        agent_name: str = "rule-reasoner",
+        phase: str = "",
+        server: str = "",
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        self._stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
+        self._role = agent_role
+        self._investigation = investigation_id
+        self._step = step_id
+        self._agent = agent_name
+        self._phase = phase
+        self._server = server
+        self._timeout = timeout_seconds
+        self._routes: dict[str, Route | None] = {}
+        self.calls = 0
+
+    async def route(self, capability: str) -> Route | None:
+        """The tool this role may call for `capability` (on the preferred server when set)."""
+        if capability not in self._routes:
+            reply = await self._stub.ListTools(
+                registry_pb2.ListToolsRequest(server=self._server, capability=capability, agent_role=self._role),
+                timeout=self._timeout,
+            )
+            tools = sorted(reply.tools, key=lambda t: (t.server, t.name))
+            self._routes[capability] = Route(tools[0].server, tools[0].name) if tools else None
+        return self._routes[capability]
+
+    async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer:
+        route = await self.route(capability)
+        if route is None:
+            return Answer("", capability, "", error=f"no tool for {capability} is available to role {self._role}")
+        args = struct_pb2.Struct()
+        args.update({k: v for k, v in arguments.items() if v is not None})
+        self.calls += 1
+        try:
+            reply = await self._stub.CallTool(
+                registry_pb2.CallToolRequest(
+                    server=route.server,
+                    tool=route.tool,
+                    arguments=args,
+                    investigation_id=self._investigation,
+                    step_id=self._step,
+                    agent_role=self._role,
+                    agent_name=self._agent,
+                    phase=self._phase,
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return Answer("", capability, route.tool, error=f"{exc.code().name}: {exc.details()}")
+        if reply.outcome != registry_pb2.CALL_OUTCOME_OK:
+            return Answer(reply.call_id, capability, route.tool, error=reply.error_message or "tool error")
+        return Answer(reply.call_id, capability, route.tool, data=_payload(reply), truncated=reply.truncated)
+
+
+def _payload(reply: Any) -> dict[str, Any]:
+    if reply.HasField("structured_content") and not reply.truncated:
+        return _integral(dict(json_format.MessageToDict(reply.structured_content)))
+    text = "".join(item.text for item in reply.content)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"text": text}
+    return value if isinstance(value, dict) else {"items": value}
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are doubles: give whole numbers back as ints (300, not 300.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
