@@ -1,7 +1,7 @@
 """Composition root of the worker: opens every dependency, closes them in reverse.
 
 The worker serves no application RPCs, only health and readiness; it consumes agent tasks from
-the stream once the engine issue adds them.
+pm.agent.tasks and publishes their results (pm_worker.executor).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec, open_chann
 from pm_secrets import secret_source_from_settings
 from pm_storage import s3_store_from_settings
 from pm_streams import StreamBus
+from pm_worker.executor import StepExecutor, new_worker_id
 from pm_worker.settings import WorkerSettings
 
 
@@ -50,7 +51,16 @@ async def build(settings: WorkerSettings, ctx: BuildContext) -> AsyncIterator[Se
         probes: dict[str, Probe] = {"redis": bus.ping, "object_store": store.ping, "registry": registry_probe(registry)}
         if settings.vault_addr:
             probes["vault"] = secrets.ping
-        yield ServiceRuntime(registrations=[], probes=probes)
+        executor = StepExecutor(
+            bus,
+            store,
+            registry,
+            worker_id=settings.worker_id or new_worker_id(),
+            reclaim_idle_ms=settings.step_reclaim_idle_ms,
+            max_deliveries=settings.step_max_deliveries,
+        )
+        executor.subscribe()
+        yield ServiceRuntime(registrations=[], probes=probes, background=[bus.run])
 
 
 SPEC = ServiceSpec(name="worker", settings_type=WorkerSettings, build=build)

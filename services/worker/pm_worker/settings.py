@@ -12,3 +12,9 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     metrics_listen: str = "0.0.0.0:9103"
     # Agent steps one worker process runs at the same time.
     steps_per_worker: int = Field(default=1, ge=1, le=64)
+    # This worker's consumer name in the workers group (a random one when unset).
+    worker_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
+    # A step left unacknowledged this long (its worker died) is claimed and run by another.
+    step_reclaim_idle_ms: int = Field(default=60_000, ge=1_000, le=3_600_000)
+    # Deliveries of one task before it is dead-lettered.
+    step_max_deliveries: int = Field(default=5, ge=1, le=50)

@@ -50,11 +50,16 @@ TIE = timedelta(seconds=90)
 # minute later, so a change up to one step after that date can still be its cause.
 STEP = timedelta(seconds=60)
 PAGE = 200  # records per page of a paged query
+GATHER_PARTS = ("logs", "metrics", "traces", "changes")
 MAX_RECORDS = 5000  # records read per query at most
 _SHARED_DIRS = re.compile(r"^(pkg|lib|libs|shared|common|internal|platform|vendor)/")
 _CONFIG_FILE = re.compile(r"\.(ya?ml|json|toml|ini|env|properties|conf|cfg|tf|hcl)$")
 _TRAFFIC = re.compile(r"(request|rps|qps|throughput|traffic|arrival|sessions|users)", re.IGNORECASE)
 _SATURATION = re.compile(r"(cpu|memory|mem_|heap|disk_used|saturation|utili[sz]ation|load)", re.IGNORECASE)
+
+
+class NoAlert(ValueError):
+    """The investigation has no readable alert to start from."""
 
 
 @dataclass
@@ -150,6 +155,8 @@ class RuleReasoner:
     async def triage(self, case: Case) -> None:
         answer = await self._tools.call("alerts.get", {})
         case.cite("alert", answer)
+        if not answer.ok:
+            raise NoAlert(f"the alert could not be read: {answer.error}")
         case.alert = answer.data
         fired = case.alert.get("fired_at")
         case.fired_at = parse_time(str(fired)) if fired else None
@@ -164,7 +171,7 @@ class RuleReasoner:
                 Evidence(
                     f"{service} {metric} left its baseline ({case.alert_onset.baseline:.4g}) at {iso(case.onset)},"
                     f" reaching {case.alert_onset.peak:.4g}",
-                    case.calls.get("alert_metric", []),
+                    list(case.calls.get("alert_metric", [])),
                 )
             )
         elif case.fired_at is not None:
@@ -173,34 +180,47 @@ class RuleReasoner:
     # -- gather -----------------------------------------------------------------------------
 
     async def gather(self, case: Case) -> None:
+        """All four gathering parts (the orchestrator runs them as parallel steps instead)."""
+        for part in GATHER_PARTS:
+            await self.gather_part(case, part)
+
+    async def gather_part(self, case: Case, part: str) -> None:
+        """One of GATHER_PARTS; each fills its own fields of `case`, so parts merge by union."""
         if case.onset is None:
-            case.problems.append("no alert time: nothing to anchor the search")
+            case.problems.append(f"gather {part}: no alert time to anchor the search")
             return
         start = iso(case.onset - LOOKBACK)
         end = iso((case.fired_at or case.onset) + timedelta(minutes=15))
-        case.errors = await self._all(
-            case, "logs.search", {"min_severity": "WARN", "start": start, "end": end}, topic="errors"
-        )
-        patterns = await self._tools.call("logs.patterns", {"limit": 50})
-        case.cite("patterns", patterns)
-        case.patterns = list(patterns.data.get("items", []))
-        known = await self._tools.call(
-            "metrics.query", {"metric": str(case.alert.get("metric", "")), "step_seconds": 60}
-        )
-        for metric in known.data.get("known_metrics", []):
-            await self._series(case, str(metric), None, topic=f"metric:{metric}", start=start, end=end)
-        case.traces = await self._all(
-            case, "traces.search", {"status": "ERROR", "start": start, "end": end}, topic="traces"
-        )
-        deploys = await self._tools.call("changes.deploys", {"end": end})
-        case.cite("deploys", deploys)
-        case.deploys = sorted(deploys.data.get("items", []), key=lambda d: str(d.get("timestamp", "")))
-        commits = await self._tools.call("changes.commits", {"end": end, "limit": 1000})
-        case.cite("commits", commits)
-        case.commits = sorted(commits.data.get("items", []), key=lambda c: str(c.get("timestamp", "")))
-        flags = await self._tools.call("flags.changes", {"start": start, "end": end})
-        case.cite("flags", flags)
-        case.flags = list(flags.data.get("items", []))
+        if part == "logs":
+            case.errors = await self._all(
+                case, "logs.search", {"min_severity": "WARN", "start": start, "end": end}, topic="errors"
+            )
+            patterns = await self._tools.call("logs.patterns", {"limit": 50})
+            case.cite("patterns", patterns)
+            case.patterns = list(patterns.data.get("items", []))
+        elif part == "metrics":
+            known = await self._tools.call(
+                "metrics.query", {"metric": str(case.alert.get("metric", "")), "step_seconds": 60}
+            )
+            case.cite("metric_catalog", known)
+            for metric in known.data.get("known_metrics", []):
+                await self._series(case, str(metric), None, topic=f"metric:{metric}", start=start, end=end)
+        elif part == "traces":
+            case.traces = await self._all(
+                case, "traces.search", {"status": "ERROR", "start": start, "end": end}, topic="traces"
+            )
+        elif part == "changes":
+            deploys = await self._tools.call("changes.deploys", {"end": end})
+            case.cite("deploys", deploys)
+            case.deploys = sorted(deploys.data.get("items", []), key=lambda d: str(d.get("timestamp", "")))
+            commits = await self._tools.call("changes.commits", {"end": end, "limit": 1000})
+            case.cite("commits", commits)
+            case.commits = sorted(commits.data.get("items", []), key=lambda c: str(c.get("timestamp", "")))
+            flags = await self._tools.call("flags.changes", {"start": start, "end": end})
+            case.cite("flags", flags)
+            case.flags = list(flags.data.get("items", []))
+        else:
+            raise ValueError(f"unknown gather part {part!r}; expected one of {', '.join(GATHER_PARTS)}")
 
     async def _all(
         self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_errors import Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +70,27 @@ class RegistryToolBox:
         self.calls = 0
 
     async def route(self, capability: str) -> Route | None:
-        """The tool this role may call for `capability` (on the preferred server when set)."""
+        """The tool this role may call for `capability` (on the preferred server when set).
+
+        None when the role may not use the capability; Unavailable when no connected server
+        offers it at all (a server still connecting, or down), which a retry may fix.
+        """
         if capability not in self._routes:
-            reply = await self._stub.ListTools(
-                registry_pb2.ListToolsRequest(server=self._server, capability=capability, agent_role=self._role),
-                timeout=self._timeout,
-            )
-            tools = sorted(reply.tools, key=lambda t: (t.server, t.name))
+            tools = await self._list(capability, self._role)
+            if not tools and not await self._list(capability, ""):
+                raise Unavailable(f"no connected MCP server offers {capability} yet")
             self._routes[capability] = Route(tools[0].server, tools[0].name) if tools else None
         return self._routes[capability]
+
+    async def _list(self, capability: str, role: str) -> list[Any]:
+        try:
+            reply = await self._stub.ListTools(
+                registry_pb2.ListToolsRequest(server=self._server, capability=capability, agent_role=role),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"registry: {exc.code().name}: {exc.details()}") from None
+        return sorted(reply.tools, key=lambda t: (t.server, t.name))
 
     async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer:
         route = await self.route(capability)
@@ -101,6 +114,9 @@ class RegistryToolBox:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # The server is down or its circuit is open: the step fails and is retried.
+                raise Unavailable(f"{capability} via {route.server}/{route.tool}: {exc.details()}") from None
             return Answer("", capability, route.tool, error=f"{exc.code().name}: {exc.details()}")
         if reply.outcome != registry_pb2.CALL_OUTCOME_OK:
             return Answer(reply.call_id, capability, route.tool, error=reply.error_message or "tool error")
@@ -109,7 +125,7 @@ class RegistryToolBox:
 
 def _payload(reply: Any) -> dict[str, Any]:
     if reply.HasField("structured_content") and not reply.truncated:
-        return _integral(dict(json_format.MessageToDict(reply.structured_content)))
+        return dict(_integral(json_format.MessageToDict(reply.structured_content)))
     text = "".join(item.text for item in reply.content)
     try:
         value = json.loads(text)

@@ -1,0 +1,184 @@
+"""Runs agent steps: AgentTask in (consumer group on pm.agent.tasks), AgentResult out.
+
+For each task the worker reads the states the task's input names from the object store, runs
+the step's role through its reasoner with tools from the registry (citing the investigation,
+the step and the role, so every call is audited under them), writes the new state, the output
+and a trace to the object store, and publishes the result. The task is acknowledged only after
+the result is published: a worker killed mid-step leaves it pending, and another worker's
+reaper claims it after `STEP_RECLAIM_IDLE_MS` and runs it again (same task id and attempt; the
+orchestrator applies a result only once).
+
+Object keys (versioned bucket):
+    investigations/<investigation_id>/steps/<step_id>/attempt-<n>/state.json    reasoner state
+    investigations/<investigation_id>/steps/<step_id>/attempt-<n>/output.json   structured output
+    investigations/<investigation_id>/steps/<step_id>/attempt-<n>/trace.json    tool calls, timing
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from pm.common.v1 import types_pb2
+from pm.events.v1 import events_pb2
+from pm_errors import NotFound, PmError
+from pm_storage import ObjectStore
+from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
+from pm_worker.rules.steps import StepInputError, run_role
+from pm_worker.rules.toolbox import RegistryToolBox
+
+log = logging.getLogger(__name__)
+
+
+MESSAGE_TYPE_RESULT = "pm.events.v1.AgentResult"
+
+
+def step_prefix(task: events_pb2.AgentTask) -> str:
+    return f"investigations/{task.investigation_id}/steps/{task.step_id}/attempt-{task.attempt}"
+
+
+def _s3_key(uri: str, bucket: str) -> tuple[str, str | None]:
+    """(key, version) of `s3://bucket/key?versionId=v` (or a bare key)."""
+    rest = uri.removeprefix(f"s3://{bucket}/") if uri.startswith("s3://") else uri
+    key, _, query = rest.partition("?versionId=")
+    return key, (query or None)
+
+
+class StepExecutor:
+    """Consumes agent tasks and publishes their results."""
+
+    def __init__(
+        self,
+        bus: StreamBus,
+        store: ObjectStore,
+        registry: grpc.aio.Channel,
+        *,
+        worker_id: str,
+        reclaim_idle_ms: int = 60_000,
+        max_deliveries: int = 5,
+        tool_timeout_seconds: float = 60.0,
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self._registry = registry
+        self.worker_id = worker_id
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._max_deliveries = max_deliveries
+        self._tool_timeout = tool_timeout_seconds
+
+    def subscribe(self) -> None:
+        self._bus.subscribe(
+            STREAM_AGENT_TASKS,
+            group=GROUP_WORKERS,
+            consumer=self.worker_id,
+            message_type=events_pb2.AgentTask,
+            handler=self.handle,
+            reclaim_idle_ms=self._reclaim_idle_ms,
+            max_deliveries=self._max_deliveries,
+        )
+
+    async def handle(self, task: events_pb2.AgentTask, delivery: Delivery) -> None:
+        result = await self.run(task)
+        if delivery.delivery_count > 1:
+            log.info("re-ran a reclaimed step", extra={"task_id": task.task_id, "deliveries": delivery.delivery_count})
+        await self._bus.publish(STREAM_AGENT_RESULTS, result, message_id=f"{task.task_id}:result")
+
+    async def run(self, task: events_pb2.AgentTask) -> events_pb2.AgentResult:
+        """Run one step; never raises for the step's own failures (they become the result)."""
+        started = time.monotonic()
+        result = events_pb2.AgentResult(
+            task_id=task.task_id,
+            investigation_id=task.investigation_id,
+            step_id=task.step_id,
+            attempt=task.attempt,
+            worker_id=self.worker_id,
+            trace_context=dict(task.trace_context),
+        )
+        tools = RegistryToolBox(
+            self._registry,
+            agent_role=task.agent_role,
+            investigation_id=task.investigation_id,
+            step_id=task.step_id,
+            agent_name=f"rule:{task.agent_role}",
+            phase=types_pb2.Phase.Name(task.phase),
+            timeout_seconds=self._tool_timeout,
+        )
+        try:
+            if task.reasoner not in ("", "rule"):
+                raise StepInputError(f"reasoner {task.reasoner!r} is not available on this worker")
+            inputs = json_format.MessageToDict(task.input) if task.HasField("input") else {}
+            states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
+            state, output = await run_role(tools, task.agent_role, states)
+            prefix = step_prefix(task)
+            state_ref = await self._put_json(f"{prefix}/state.json", state)
+            output = {**output, "state_uri": state_ref.uri(self._store.bucket)}
+            output_ref = await self._put_json(f"{prefix}/output.json", output)
+            call_ids = sorted({c for ids in state.get("calls", {}).values() for c in ids})
+            trace = {
+                "task_id": task.task_id,
+                "role": task.agent_role,
+                "reasoner": "rule",
+                "worker_id": self.worker_id,
+                "tool_calls": tools.calls,
+                "tool_call_ids": call_ids,
+                "problems": state.get("problems", []),
+                "duration_ms": int((time.monotonic() - started) * 1000),
+            }
+            trace_ref = await self._put_json(f"{prefix}/trace.json", trace)
+            result.status = events_pb2.STEP_STATUS_SUCCEEDED
+            result.output.CopyFrom(_struct(output))
+            result.output_uri = output_ref.uri(self._store.bucket)
+            result.trace_uri = trace_ref.uri(self._store.bucket)
+            result.tool_call_ids.extend(call_ids)
+        except StepInputError as exc:
+            result.status = events_pb2.STEP_STATUS_FAILED_PERMANENT
+            result.error = str(exc)
+        except (PmError, grpc.aio.AioRpcError, OSError) as exc:
+            # The registry, the object store or a dependency failed: a retry may succeed.
+            result.status = events_pb2.STEP_STATUS_FAILED
+            result.error = f"{type(exc).__name__}: {exc}"[:2000]
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        result.finished_at.FromDatetime(datetime.now(UTC))
+        log.info(
+            "step %s %s",
+            task.agent_role,
+            events_pb2.StepStatus.Name(result.status),
+            extra={"investigation_id": task.investigation_id, "step_id": task.step_id, "error": result.error},
+        )
+        return result
+
+    async def _read_state(self, uri: str) -> dict[str, Any]:
+        key, version = _s3_key(uri, self._store.bucket)
+        try:
+            stored = await self._store.get(key, version_id=version)
+        except NotFound:
+            raise StepInputError(f"the previous state {uri} does not exist") from None
+        try:
+            value = json.loads(stored.data)
+        except ValueError:
+            raise StepInputError(f"the previous state {uri} is not JSON") from None
+        if not isinstance(value, dict):
+            raise StepInputError(f"the previous state {uri} is not a JSON object")
+        return value
+
+    async def _put_json(self, key: str, value: Mapping[str, Any]) -> Any:
+        data = json.dumps(value, sort_keys=True, default=str).encode()
+        return await self._store.put(key, data, content_type="application/json")
+
+
+def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(json.loads(json.dumps(value, default=str)))
+    return message
+
+
+def new_worker_id() -> str:
+    return f"worker-{uuid.uuid4().hex[:8]}"

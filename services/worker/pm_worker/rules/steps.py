@@ -1,0 +1,215 @@
+"""The rule reasoner one step at a time: each agent role runs one phase on a JSON state.
+
+The orchestrator dispatches these roles as agent steps; a step's input names the state the
+previous phase left (one or several, for the parallel gather steps), and its output is the new
+state plus a short summary for the investigation row. States are plain JSON, so they can be
+stored in S3 and read back by another worker.
+
+| role | phase | needs |
+|---|---|---|
+| `triage` | TRIAGE | nothing |
+| `gather.logs`, `gather.metrics`, `gather.traces`, `gather.changes` | GATHER | the triage state |
+| `hypothesize` | HYPOTHESIZE | the four gather states (merged) |
+| `verify` | VERIFY | the hypothesize state |
+| `recommend` | RECOMMEND | the verify state; its output holds the findings |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from pm_worker.rules.reasoner import GATHER_PARTS, Candidate, Case, Check, Evidence, NoAlert, RuleReasoner
+from pm_worker.rules.signals import Onset, iso, parse_time
+from pm_worker.rules.toolbox import ToolBox
+
+ROLES = ("triage", *(f"gather.{part}" for part in GATHER_PARTS), "hypothesize", "verify", "recommend")
+STATE_VERSION = 1
+
+
+class StepInputError(ValueError):
+    """A step's input cannot be used (unknown role, missing or malformed state)."""
+
+
+def _time(value: datetime | None) -> str | None:
+    return iso(value) if value is not None else None
+
+
+def _onset(value: Onset | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {"at": iso(value.at), "baseline": value.baseline, "peak": value.peak, "direction": value.direction}
+
+
+def _load_onset(value: Mapping[str, Any] | None) -> Onset | None:
+    if not value:
+        return None
+    return Onset(parse_time(value["at"]), float(value["baseline"]), float(value["peak"]), int(value["direction"]))
+
+
+def dump_case(case: Case) -> dict[str, Any]:
+    """The case as JSON-ready data."""
+    return {
+        "version": STATE_VERSION,
+        "alert": case.alert,
+        "fired_at": _time(case.fired_at),
+        "onset": _time(case.onset),
+        "alert_onset": _onset(case.alert_onset),
+        "errors": case.errors,
+        "patterns": case.patterns,
+        "series": [
+            {"service": service, "metric": metric, "points": [[iso(at), value] for at, value in points]}
+            for (service, metric), points in case.series.items()
+        ],
+        "departures": {
+            service: [{"metric": metric, "onset": _onset(found)} for _, metric, found in items]
+            for service, items in case.departures.items()
+        },
+        "error_onsets": {service: iso(at) for service, at in case.error_onsets.items()},
+        "traces": case.traces,
+        "deploys": case.deploys,
+        "commits": case.commits,
+        "flags": case.flags,
+        "first_failing": case.first_failing,
+        "blast_radius": case.blast_radius,
+        "candidates": [
+            {
+                "kind": c.kind,
+                "ref": c.ref,
+                "service": c.service,
+                "at": iso(c.at),
+                "title": c.title,
+                "files": list(c.files),
+                "call_ids": c.call_ids,
+                "checks": [
+                    {"name": k.name, "passed": k.passed, "detail": k.detail, "call_ids": k.call_ids} for k in c.checks
+                ],
+                "score": c.score,
+            }
+            for c in case.candidates
+        ],
+        "operational": [{"claim": e.claim, "call_ids": e.call_ids} for e in case.operational],
+        "evidence": [{"claim": e.claim, "call_ids": e.call_ids} for e in case.evidence],
+        "calls": case.calls,
+        "problems": case.problems,
+    }
+
+
+def load_case(data: Mapping[str, Any]) -> Case:
+    """A case from `dump_case` data; StepInputError when it is not one."""
+    if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
+        raise StepInputError(f"not a rule-reasoner state of version {STATE_VERSION}")
+    try:
+        case = Case(
+            alert=dict(data.get("alert") or {}),
+            fired_at=parse_time(data["fired_at"]) if data.get("fired_at") else None,
+            onset=parse_time(data["onset"]) if data.get("onset") else None,
+            alert_onset=_load_onset(data.get("alert_onset")),
+            errors=list(data.get("errors") or []),
+            patterns=list(data.get("patterns") or []),
+            series={
+                (s["service"], s["metric"]): [(parse_time(at), float(v)) for at, v in s["points"]]
+                for s in data.get("series") or []
+            },
+            error_onsets={k: parse_time(v) for k, v in (data.get("error_onsets") or {}).items()},
+            traces=list(data.get("traces") or []),
+            deploys=list(data.get("deploys") or []),
+            commits=list(data.get("commits") or []),
+            flags=list(data.get("flags") or []),
+            first_failing=str(data.get("first_failing") or ""),
+            blast_radius=list(data.get("blast_radius") or []),
+            operational=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("operational") or []],
+            evidence=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("evidence") or []],
+            calls={k: list(v) for k, v in (data.get("calls") or {}).items()},
+            problems=list(data.get("problems") or []),
+        )
+        for service, items in (data.get("departures") or {}).items():
+            for item in items:
+                found = _load_onset(item["onset"])
+                if found is not None:
+                    case.departures.setdefault(service, []).append((found.at, item["metric"], found))
+        for c in data.get("candidates") or []:
+            case.candidates.append(
+                Candidate(
+                    kind=c["kind"],
+                    ref=c["ref"],
+                    service=c["service"],
+                    at=parse_time(c["at"]),
+                    title=c["title"],
+                    files=tuple(c["files"]),
+                    call_ids=list(c["call_ids"]),
+                    checks=[Check(k["name"], bool(k["passed"]), k["detail"], list(k["call_ids"])) for k in c["checks"]],
+                    score=float(c["score"]),
+                )
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StepInputError(f"malformed rule-reasoner state: {type(exc).__name__}: {exc}") from None
+    return case
+
+
+def merge(cases: Sequence[Case]) -> Case:
+    """The parallel gather states as one: each part filled its own fields; call ids are joined."""
+    if not cases:
+        raise StepInputError("nothing to merge: the gather states are missing")
+    merged = cases[0]
+    for other in cases[1:]:
+        for spec in fields(Case):
+            mine, theirs = getattr(merged, spec.name), getattr(other, spec.name)
+            if spec.name == "calls":
+                for topic, ids in theirs.items():
+                    merged.calls[topic] = sorted({*mine.get(topic, []), *ids})
+            elif spec.name == "series":  # triage read the alerted metric; the metrics part read them all
+                merged.series = {**mine, **theirs} if len(theirs) >= len(mine) else {**theirs, **mine}
+            elif spec.name in ("problems", "evidence"):
+                setattr(merged, spec.name, [*mine, *[x for x in theirs if x not in mine]])
+            elif not mine and theirs:
+                setattr(merged, spec.name, theirs)
+    return merged
+
+
+async def run_role(
+    tools: ToolBox, role: str, states: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one role on the previous state(s); returns (new state, summary output)."""
+    if role not in ROLES:
+        raise StepInputError(f"unknown rule-reasoner role {role!r}; expected one of {', '.join(ROLES)}")
+    reasoner = RuleReasoner(tools)
+    summary: dict[str, Any]
+    if role == "triage":
+        case = Case()
+        try:
+            await reasoner.triage(case)
+        except NoAlert as exc:
+            raise StepInputError(str(exc)) from None
+        summary = {"alert": case.alert, "onset": _time(case.onset), "fired_at": _time(case.fired_at)}
+    elif role.startswith("gather."):
+        case = load_case(_one(states, role))
+        part = role.removeprefix("gather.")
+        await reasoner.gather_part(case, part)
+        summary = {"part": part, "calls": sum(len(v) for v in case.calls.values()), "problems": case.problems}
+    elif role == "hypothesize":
+        case = merge([load_case(s) for s in states])
+        await reasoner.hypothesize(case)
+        summary = {
+            "first_failing_service": case.first_failing,
+            "blast_radius": case.blast_radius,
+            "candidates": [
+                {"kind": c.kind, "ref": c.ref, "service": c.service, "title": c.title} for c in case.candidates
+            ],
+        }
+    elif role == "verify":
+        case = load_case(_one(states, role))
+        await reasoner.verify(case)
+        summary = {"ranking": [{"ref": c.ref, "score": c.score, "title": c.title} for c in case.candidates[:8]]}
+    else:
+        case = load_case(_one(states, role))
+        summary = reasoner.conclude(case)
+    return dump_case(case), summary
+
+
+def _one(states: Sequence[Mapping[str, Any]], role: str) -> Mapping[str, Any]:
+    if len(states) != 1:
+        raise StepInputError(f"{role} needs exactly one previous state, got {len(states)}")
+    return states[0]
