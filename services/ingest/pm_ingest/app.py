@@ -15,12 +15,12 @@ from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRegistration, ServiceRuntime, ServiceSpec
 from pm_ingest.grpc_api import IngestServicer
 from pm_ingest.intake import Submissions
-from pm_ingest.outbox import OutboxRelay
 from pm_ingest.settings import IngestSettings
 from pm_ingest.store import AuditLog, DomainResolver, IntakeStore
 from pm_ingest.webhooks import Webhooks
 from pm_secrets import secret_source_from_settings
 from pm_streams import StreamBus
+from pm_streams.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 

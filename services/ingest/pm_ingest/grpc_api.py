@@ -20,9 +20,9 @@ from pm_grpc import set_http_status
 from pm_grpc.http import Context
 from pm_ingest.bodies import InvestigateBatchBody, InvestigateBody, parse_body, parse_json_object, validation_failed
 from pm_ingest.intake import Caller, Reply, Submissions, check_callback_host, request_digest
-from pm_ingest.outbox import OutboxRelay
 from pm_ingest.settings import IngestSettings
 from pm_ingest.webhooks import HANDLERS, Inbound, Webhooks
+from pm_streams.outbox import OutboxRelay
 
 R = TypeVar("R", bound=Message)
 

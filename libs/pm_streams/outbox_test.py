@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from pm_db import apply_migrations, open_pool
 from pm_errors import Unavailable
-from pm_ingest.outbox import OutboxRelay
 from pm_streams import StreamBus
+from pm_streams.outbox import OutboxRelay
 from pm_testing import fresh_database, stack_env, unique_name
 
 

@@ -1,11 +1,12 @@
 """The outbox relay: publishes committed outbox rows to their streams, highest priority first.
 
-Intake commits an investigation and its outbox row together and answers at once; the relay
-publishes after commit. It wakes when intake commits (`notify`) and otherwise polls, so rows left
-behind by a Redis outage or a crash are published as soon as Redis answers again. Rows are
-locked with FOR UPDATE SKIP LOCKED, so several ingest replicas relay side by side without
-publishing a row twice; the outbox row id is the message id, so a consumer can drop the rare
-duplicate left by a crash between publishing and marking.
+A service commits its state change and the outbox rows announcing it together (intake: an
+investigation; the orchestrator: the agent tasks of a phase); the relay publishes after commit.
+It wakes when the service commits (`notify`) and otherwise polls, so rows left behind by a Redis
+outage or a crash are published as soon as Redis answers again. Rows are locked with FOR UPDATE
+SKIP LOCKED, so several replicas relay side by side without publishing a row twice; the outbox
+row id is the message id, so a consumer can drop the rare duplicate left by a crash between
+publishing and marking.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pm_errors import Unavailable
-from pm_streams import StreamBus
+from pm_streams.bus import StreamBus
 
 log = logging.getLogger(__name__)
 
