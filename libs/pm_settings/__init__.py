@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 __all__ = [
+    "ApiAuthSettings",
     "DatabaseSettings",
     "ObjectStoreSettings",
+    "OutboxSettings",
     "RedisSettings",
     "RegistryClientSettings",
     "ServiceSettings",
@@ -80,6 +82,27 @@ class ObjectStoreSettings(BaseModel):
     aws_region: str = "us-east-1"
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
+
+
+class ApiAuthSettings(BaseModel):
+    """Authentication and rate limits of the public API (ingest and the orchestrator's query API)."""
+
+    # The one JWT algorithm accepted; iss/aud are checked when set.
+    jwt_algorithm: str = Field(default="HS256", pattern=r"^HS(256|384|512)$")
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # How long API keys and secrets read from the secret source are reused.
+    secrets_refresh_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # Rate limits per identity and category, shared by every replica through Redis; 0 = none.
+    rate_limit_investigation_per_minute: int = Field(default=10, ge=0)
+    rate_limit_query_per_minute: int = Field(default=100, ge=0)
+
+
+class OutboxSettings(BaseModel):
+    """The outbox relay of a service that announces its writes on streams (pm_streams.outbox)."""
+
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
 
 
 class RegistryClientSettings(BaseModel):

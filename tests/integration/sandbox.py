@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -13,6 +14,39 @@ from pm_testing import free_port, wait_for
 
 # The server runs as a plain `python -m pm_sandbox`: it gets this process's import path.
 CHILD_PYTHONPATH = os.pathsep.join(p for p in sys.path if p)
+
+
+CAPABILITIES = {
+    "get_alert": "alerts.get",
+    "search_logs": "logs.search",
+    "query_metrics": "metrics.query",
+    "search_traces": "traces.search",
+    "log_patterns": "logs.patterns",
+    "list_deploys": "changes.deploys",
+    "list_commits": "changes.commits",
+    "get_commit": "changes.diff",
+    "flag_changes": "flags.changes",
+}
+ROLES = {
+    "triage": ["alerts.get", "metrics.query"],
+    "gather.logs": ["logs.search", "logs.patterns"],
+    "gather.metrics": ["metrics.query"],
+    "gather.traces": ["traces.search"],
+    "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
+    "verify": ["changes.diff"],
+    "investigator": sorted(CAPABILITIES.values()),
+}
+
+
+def registry_config(data: Path) -> str:
+    """A registry servers file: one stdio sandbox serving `data`, and the rule reasoner's roles."""
+    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in CAPABILITIES.items())
+    roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
+    return (
+        "servers:\n  - name: sandbox\n    transport: stdio\n"
+        f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}"]\n'
+        f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{roles}'
+    )
 
 
 class SandboxProcess:

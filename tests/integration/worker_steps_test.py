@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from integration.sandbox import CHILD_PYTHONPATH
+from integration.sandbox import registry_config
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -35,37 +34,6 @@ from pm_testing import free_port, fresh_bucket, fresh_database, running_service,
 from pm_worker.app import SPEC as WORKER
 from pm_worker.rules.reasoner import RuleReasoner
 from pm_worker.rules.toolbox import RegistryToolBox
-
-CAPABILITIES = {
-    "get_alert": "alerts.get",
-    "search_logs": "logs.search",
-    "query_metrics": "metrics.query",
-    "search_traces": "traces.search",
-    "log_patterns": "logs.patterns",
-    "list_deploys": "changes.deploys",
-    "list_commits": "changes.commits",
-    "get_commit": "changes.diff",
-    "flag_changes": "flags.changes",
-}
-ROLES = {
-    "triage": ["alerts.get", "metrics.query"],
-    "gather.logs": ["logs.search", "logs.patterns"],
-    "gather.metrics": ["metrics.query"],
-    "gather.traces": ["traces.search"],
-    "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
-    "verify": ["changes.diff"],
-    "investigator": sorted(CAPABILITIES.values()),
-}
-
-
-def _config(data: Path) -> str:
-    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in CAPABILITIES.items())
-    roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
-    return (
-        "servers:\n  - name: sandbox\n    transport: stdio\n"
-        f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}"]\n'
-        f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{roles}'
-    )
 
 
 @dataclass
@@ -83,7 +51,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
     env = stack_env()
     data = write_snapshot(tmp_path / "case")
     config = tmp_path / "servers.yaml"
-    config.write_text(_config(data))
+    config.write_text(registry_config(data))
     with fresh_bucket(env) as bucket:
         async with fresh_database(env) as dsn:
             await apply_migrations(dsn)

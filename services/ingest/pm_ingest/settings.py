@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from pm_settings import DatabaseSettings, RedisSettings, ServiceSettings
+from pm_settings import ApiAuthSettings, DatabaseSettings, OutboxSettings, RedisSettings, ServiceSettings
 
 WEBHOOK_SOURCES = ("jira", "slack", "pagerduty", "grafana-alert", "deploy")
 
@@ -31,22 +31,11 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-class IngestSettings(ServiceSettings, DatabaseSettings, RedisSettings):
+class IngestSettings(ServiceSettings, DatabaseSettings, RedisSettings, ApiAuthSettings, OutboxSettings):
     """DATABASE_URL and REDIS_URL are required; the rest has defaults."""
 
     grpc_listen: str = "0.0.0.0:50051"
     metrics_listen: str = "0.0.0.0:9101"
-
-    # Authentication.
-    jwt_algorithm: str = Field(default="HS256", pattern=r"^HS(256|384|512)$")
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    # How long API keys and secrets read from the secret source are reused.
-    secrets_refresh_seconds: float = Field(default=30.0, ge=0, le=3600)
-
-    # Rate limits per identity and category, shared by every replica through Redis; 0 = none.
-    rate_limit_investigation_per_minute: int = Field(default=10, ge=0)
-    rate_limit_query_per_minute: int = Field(default=100, ge=0)
 
     # Webhooks.
     # Comma list of sources accepted WITHOUT a signature (local use only), e.g. "grafana-alert,deploy".
@@ -70,10 +59,6 @@ class IngestSettings(ServiceSettings, DatabaseSettings, RedisSettings):
     # Callback URLs: comma list of allowed host names (exact, or ".example.com" for subdomains);
     # empty allows any http(s) host.
     callback_allowed_hosts: str = ""
-
-    # Outbox relay.
-    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
-    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
 
     @field_validator("webhook_insecure_sources")
     @classmethod

@@ -6,18 +6,31 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
+from redis.asyncio import Redis
+
+from pm.events.v1 import events_pb2
+from pm_auth import AuthProvider, CachedSecrets, RateLimiter, limits_from_settings
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec
+from pm_orchestrator.engine import Engine
 from pm_orchestrator.grpc_api import registrations
+from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
 from pm_secrets import secret_source_from_settings
 from pm_storage import s3_store_from_settings
-from pm_streams import StreamBus
+from pm_streams import (
+    GROUP_ORCHESTRATOR,
+    STREAM_AGENT_RESULTS,
+    STREAM_INVESTIGATIONS,
+    STREAM_INVESTIGATIONS_URGENT,
+    StreamBus,
+)
+from pm_streams.outbox import OutboxRelay
 
 
 @asynccontextmanager
 async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncIterator[ServiceRuntime]:
-    """Open the pool, the stream bus, the object store and the secret source."""
+    """Open the pool, the stream bus, the object store and the secret source; subscribe the engine."""
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
             open_pool(settings.database_url, max_size=settings.database_pool_max, application_name="pm-orchestrator")
@@ -26,11 +39,57 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
         await bus.connect()
         stack.push_async_callback(bus.close)
         store = s3_store_from_settings(settings)
-        secrets = secret_source_from_settings(settings, ctx.environ)
+        source = secret_source_from_settings(settings, ctx.environ)
+        secrets = CachedSecrets(source, settings.secrets_refresh_seconds)
+        auth = AuthProvider(
+            secrets,
+            jwt_algorithm=settings.jwt_algorithm,
+            jwt_issuer=settings.jwt_issuer,
+            jwt_audience=settings.jwt_audience,
+        )
+        # Rate limiting must never hold a request up for long: short timeouts, fail open.
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
+        stack.push_async_callback(redis.aclose)
+        limiter = RateLimiter(
+            redis,
+            limits_from_settings(settings.rate_limit_investigation_per_minute, settings.rate_limit_query_per_minute),
+            prefix=f"{settings.stream_namespace}pm:rl:",
+        )
+        relay = OutboxRelay(
+            pool,
+            bus,
+            ctx.metrics.registry,
+            batch_size=settings.outbox_batch_size,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        engine = Engine(pool, store, relay)
+        consumer = f"orchestrator-{settings.grpc_listen.rpartition(':')[2]}"
+        for stream in (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS):
+            bus.subscribe(
+                stream,
+                group=GROUP_ORCHESTRATOR,
+                consumer=consumer,
+                message_type=events_pb2.InvestigationRequested,
+                handler=engine.on_requested,
+                reclaim_idle_ms=settings.message_reclaim_idle_ms,
+            )
+        bus.subscribe(
+            STREAM_AGENT_RESULTS,
+            group=GROUP_ORCHESTRATOR,
+            consumer=consumer,
+            message_type=events_pb2.AgentResult,
+            handler=engine.on_result,
+            reclaim_idle_ms=settings.message_reclaim_idle_ms,
+        )
         probes: dict[str, Probe] = {"database": partial(ping, pool), "redis": bus.ping, "object_store": store.ping}
         if settings.vault_addr:
-            probes["vault"] = secrets.ping
-        yield ServiceRuntime(registrations=registrations(), probes=probes)
+            probes["vault"] = source.ping
+        yield ServiceRuntime(
+            # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
+            registrations=registrations(InvestigationQueries(pool, auth, limiter)),  # type: ignore[abstract]
+            probes=probes,
+            background=[bus.run, relay.run],
+        )
 
 
 SPEC = ServiceSpec(name="orchestrator", settings_type=OrchestratorSettings, build=build)

@@ -1,7 +1,8 @@
 """gRPC servicers of the orchestrator: translate proto <-> domain, nothing else.
 
-The query API, the state machine behind it and the scheduler arrive with the engine and memory
-issues; until then every RPC answers UNIMPLEMENTED (the generated base classes).
+InvestigationService's reads are served by pm_orchestrator.queries; the other RPCs (watch,
+cancel, bundle, feedback, domains, knowledge, analytics, query) arrive with later slices of the
+engine and memory issues and answer UNIMPLEMENTED (the generated base classes) until then.
 """
 
 from pm.analytics.v1 import analytics_pb2_grpc
@@ -11,10 +12,6 @@ from pm.knowledge.v1 import knowledge_pb2_grpc
 from pm.ops.v1 import ops_pb2_grpc
 from pm.query.v1 import query_pb2_grpc
 from pm_grpc import ServiceRegistration
-
-
-class InvestigationServicer(investigation_pb2_grpc.InvestigationServiceServicer):
-    """pm.investigation.v1.InvestigationService."""
 
 
 class DomainServicer(domain_pb2_grpc.DomainServiceServicer):
@@ -45,13 +42,13 @@ class HealthCheckServicer(ops_pb2_grpc.HealthCheckServiceServicer):
     """pm.ops.v1.HealthCheckService."""
 
 
-def registrations() -> list[ServiceRegistration]:
+def registrations(investigations: investigation_pb2_grpc.InvestigationServiceServicer) -> list[ServiceRegistration]:
     """Every public service the orchestrator serves."""
     return [
         ServiceRegistration(
             "pm.investigation.v1.InvestigationService",
             investigation_pb2_grpc.add_InvestigationServiceServicer_to_server,
-            InvestigationServicer(),
+            investigations,
         ),
         ServiceRegistration(
             "pm.domain.v1.DomainService", domain_pb2_grpc.add_DomainServiceServicer_to_server, DomainServicer()

@@ -1,4 +1,4 @@
-"""The orchestrator in-process against the real stack: health, readiness, unimplemented RPCs."""
+"""The orchestrator in-process against the real stack: health, readiness, RPCs not served yet."""
 
 from __future__ import annotations
 
@@ -23,10 +23,13 @@ async def test_orchestrator_is_ready_when_its_dependencies_answer() -> None:
                 )
                 assert readiness.status == "ready"
                 assert set(readiness.checks) == {"database", "redis", "object_store", "vault"}
+                # Reads are served (and need credentials); cancel arrives with a later slice.
+                stub = investigation_pb2_grpc.InvestigationServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                    await stub.GetInvestigation(investigation_pb2.GetInvestigationRequest(id="x"), timeout=5)
+                assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await investigation_pb2_grpc.InvestigationServiceStub(channel).GetInvestigation(
-                        investigation_pb2.GetInvestigationRequest(id="x"), timeout=5
-                    )
+                    await stub.CancelInvestigation(investigation_pb2.CancelInvestigationRequest(id="x"), timeout=5)
                 assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -158,6 +158,14 @@ class RuleReasoner:
         if not answer.ok:
             raise NoAlert(f"the alert could not be read: {answer.error}")
         case.alert = answer.data
+        case.evidence.append(
+            Evidence(
+                f"alert: {case.alert.get('service', '?')} {case.alert.get('metric', '?')} observed"
+                f" {case.alert.get('observed', '?')} against a threshold of {case.alert.get('threshold', '?')}"
+                f" at {case.alert.get('fired_at', '?')}",
+                list(case.calls.get("alert", [])),
+            )
+        )
         fired = case.alert.get("fired_at")
         case.fired_at = parse_time(str(fired)) if fired else None
         service, metric = case.alert.get("service"), case.alert.get("metric")

@@ -1,0 +1,441 @@
+"""The investigation state machine. PostgreSQL is its truth; streams only carry work.
+
+INTAKE → TRIAGE → GATHER (parallel agents) → HYPOTHESIZE → VERIFY → RECOMMEND → REPORT → DELIVER.
+
+Phases are a table (`PHASES`): an agent phase names the roles it dispatches and the phase whose
+step outputs feed them; an orchestrator phase names its handler. Every transition of one
+investigation happens in one transaction holding that investigation's row lock, so several
+orchestrator replicas can consume side by side:
+
+- `InvestigationRequested`: a queued investigation becomes running and its TRIAGE steps are
+  created, each with its AgentTask in the outbox (published after commit by the relay).
+- `AgentResult`: applied only while its step is open for that attempt (compare-and-set on
+  status and attempt), so a redelivered or duplicate result changes nothing. A retryable
+  failure gets a new attempt after a backoff; a permanent one, or too many attempts, ends the
+  investigation FAILED with the reason. When every step of the phase has succeeded, the next
+  phase starts; after RECOMMEND the report is rendered and stored, then DELIVER completes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from google.protobuf import json_format, struct_pb2
+
+from pm.common.v1 import types_pb2
+from pm.events.v1 import events_pb2
+from pm_orchestrator.report import render_html, render_markdown
+from pm_storage import ObjectStore
+from pm_streams import STREAM_AGENT_TASKS, Delivery
+from pm_streams.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TYPE_TASK = "pm.events.v1.AgentTask"
+MAX_ATTEMPTS = 3
+RETRY_BASE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPhase:
+    """A phase run by agent steps."""
+
+    roles: tuple[str, ...]
+    # The phase whose succeeded steps' states feed these steps (None: the phase starts afresh).
+    inputs_from: str | None
+    next: str
+
+
+Handler = Callable[["Engine", asyncpg.Connection, asyncpg.Record], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorPhase:
+    """A phase the orchestrator runs itself; the handler returns the next phase (None: done)."""
+
+    handler: Handler
+
+
+async def _report(engine: Engine, conn: asyncpg.Connection, investigation: asyncpg.Record) -> str | None:
+    await engine.write_report(conn, investigation)
+    return "deliver"
+
+
+async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyncpg.Record) -> str | None:
+    await conn.execute(
+        "UPDATE investigations SET status = 'completed', phase = 'deliver', completed_at = now(), updated_at = now()"
+        " WHERE id = $1",
+        investigation["id"],
+    )
+    await engine.event(conn, investigation["id"], "completed", "completed", "deliver", "investigation completed")
+    return None
+
+
+PHASES: Mapping[str, AgentPhase | OrchestratorPhase] = {
+    "triage": AgentPhase(("triage",), None, "gather"),
+    "gather": AgentPhase(("gather.logs", "gather.metrics", "gather.traces", "gather.changes"), "triage", "hypothesize"),
+    "hypothesize": AgentPhase(("hypothesize",), "gather", "verify"),
+    "verify": AgentPhase(("verify",), "hypothesize", "recommend"),
+    "recommend": AgentPhase(("recommend",), "verify", "report"),
+    "report": OrchestratorPhase(_report),
+    "deliver": OrchestratorPhase(_deliver),
+}
+_PHASE_ENUM = {
+    "triage": types_pb2.PHASE_TRIAGE,
+    "gather": types_pb2.PHASE_GATHER,
+    "hypothesize": types_pb2.PHASE_HYPOTHESIZE,
+    "verify": types_pb2.PHASE_VERIFY,
+    "recommend": types_pb2.PHASE_RECOMMEND,
+}
+_STEP_STATUS = {
+    events_pb2.STEP_STATUS_SUCCEEDED: "succeeded",
+    events_pb2.STEP_STATUS_FAILED: "failed",
+    events_pb2.STEP_STATUS_FAILED_PERMANENT: "failed_permanent",
+}
+
+
+class Engine:
+    """Applies InvestigationRequested and AgentResult messages to PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool, store: ObjectStore, relay: OutboxRelay | None = None) -> None:
+        self._pool = pool
+        self._store = store
+        self._relay = relay
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def on_requested(self, message: events_pb2.InvestigationRequested, delivery: Delivery) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            investigation = await self._lock(conn, message.investigation_id)
+            if investigation is None or investigation["status"] != "queued":
+                return  # unknown, or already started by another delivery or replica
+            await conn.execute(
+                "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now() WHERE id = $1",
+                investigation["id"],
+            )
+            await self.event(conn, investigation["id"], "started", "running", "intake", "investigation started")
+            await self._enter(conn, investigation, "triage")
+        self._notify()
+
+    async def on_result(self, result: events_pb2.AgentResult, delivery: Delivery) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            investigation = await self._lock(conn, result.investigation_id)
+            if investigation is None:
+                return
+            step = await conn.fetchrow(
+                "SELECT * FROM investigation_steps WHERE task_id = $1 AND attempt = $2 FOR UPDATE",
+                result.task_id,
+                result.attempt,
+            )
+            if step is None or step["status"] not in ("dispatched", "running"):
+                return  # a duplicate, or a result for an attempt that was superseded
+            status = _STEP_STATUS.get(result.status, "failed")
+            await self._record_run(conn, step, result, status)
+            if investigation["status"] != "running":
+                await conn.execute("UPDATE investigation_steps SET status = 'cancelled' WHERE id = $1", step["id"])
+                return
+            if status == "succeeded":
+                await self._succeeded(conn, investigation, step, result)
+            elif status == "failed" and step["attempt"] < MAX_ATTEMPTS:
+                await self._retry(conn, investigation, step, result.error)
+            else:
+                reason = f"step {step['agent_role']} failed after {step['attempt']} attempt(s): {result.error}"
+                await self._fail(conn, investigation, reason[:2000])
+        self._notify()
+
+    # -- transitions ------------------------------------------------------------------------
+
+    async def _lock(self, conn: asyncpg.Connection, investigation_id: str) -> asyncpg.Record | None:
+        try:
+            key = uuid.UUID(investigation_id)
+        except ValueError:
+            log.warning("message for a malformed investigation id", extra={"investigation_id": investigation_id[:60]})
+            return None
+        return await conn.fetchrow("SELECT * FROM investigations WHERE id = $1 FOR UPDATE", key)
+
+    async def _enter(self, conn: asyncpg.Connection, investigation: asyncpg.Record, phase: str | None) -> None:
+        """Start `phase` (and, for orchestrator phases, run on until an agent phase or the end)."""
+        while phase is not None:
+            await conn.execute(
+                "UPDATE investigations SET phase = $2, updated_at = now() WHERE id = $1", investigation["id"], phase
+            )
+            await self.event(conn, investigation["id"], "phase", "running", phase, f"phase {phase} started")
+            spec = PHASES[phase]
+            if isinstance(spec, AgentPhase):
+                states = await self._states(conn, investigation["id"], spec.inputs_from) if spec.inputs_from else []
+                for role in spec.roles:
+                    await self._dispatch(conn, investigation, phase, role, 1, states, delay=0.0)
+                return
+            investigation = await conn.fetchrow("SELECT * FROM investigations WHERE id = $1", investigation["id"])
+            phase = await spec.handler(self, conn, investigation)
+
+    async def _states(self, conn: asyncpg.Connection, investigation_id: uuid.UUID, phase: str) -> list[str]:
+        rows = await conn.fetch(
+            "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = $2 AND status = 'succeeded'"
+            " ORDER BY agent_role",
+            investigation_id,
+            phase,
+        )
+        return [str(_json(row["output"]).get("state_uri", "")) for row in rows]
+
+    async def _dispatch(
+        self,
+        conn: asyncpg.Connection,
+        investigation: asyncpg.Record,
+        phase: str,
+        role: str,
+        attempt: int,
+        states: Sequence[str],
+        *,
+        delay: float,
+    ) -> None:
+        step_id = uuid.uuid4()
+        iteration = int(investigation["hypothesis_iteration"]) or 1
+        task_id = f"{investigation['id']}:{phase}:{role}:{iteration}:{attempt}"
+        inputs = {"state_uris": list(states)}
+        await conn.execute(
+            "INSERT INTO investigation_steps (id, investigation_id, phase, agent_role, iteration, attempt, status,"
+            " task_id, reasoner, input, dispatched_at) VALUES ($1, $2, $3, $4, $5, $6, 'dispatched', $7, 'rule', $8,"
+            " now())",
+            step_id,
+            investigation["id"],
+            phase,
+            role,
+            iteration,
+            attempt,
+            task_id,
+            inputs,
+        )
+        task = events_pb2.AgentTask(
+            task_id=task_id,
+            investigation_id=str(investigation["id"]),
+            step_id=str(step_id),
+            phase=_PHASE_ENUM[phase],
+            agent_role=role,
+            attempt=attempt,
+            model_tier=str(investigation["mode"]),
+            reasoner="rule",
+            input=json_format.ParseDict(inputs, struct_pb2.Struct()),
+        )
+        task.dispatched_at.FromDatetime(datetime.now(UTC))
+        await conn.execute(
+            "INSERT INTO outbox (id, stream, aggregate_id, message_type, payload, priority, available_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+            uuid.uuid4(),
+            STREAM_AGENT_TASKS,
+            investigation["id"],
+            MESSAGE_TYPE_TASK,
+            task.SerializeToString(),
+            int(investigation["priority"]),
+            delay,
+        )
+
+    async def _record_run(
+        self, conn: asyncpg.Connection, step: asyncpg.Record, result: events_pb2.AgentResult, status: str
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO agent_runs (id, investigation_id, step_id, task_id, agent_name, phase, reasoner, status,"
+            " tool_calls, output_uri, trace_uri, error, worker_id, duration_ms)"
+            " VALUES ($1, $2, $3, $4, $5, $6, 'rule', $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (task_id) DO NOTHING",
+            uuid.uuid4(),
+            step["investigation_id"],
+            step["id"],
+            step["task_id"],
+            f"rule:{step['agent_role']}",
+            step["phase"],
+            status,
+            len(result.tool_call_ids),
+            result.output_uri or None,
+            result.trace_uri or None,
+            result.error or None,
+            result.worker_id or None,
+            max(result.duration_ms, 0),
+        )
+        await conn.execute(
+            "UPDATE investigation_steps SET status = $2, output = $3, output_uri = $4, trace_uri = $5, error = $6,"
+            " worker_id = $7, finished_at = now(), duration_ms = $8 WHERE id = $1",
+            step["id"],
+            "succeeded" if status == "succeeded" else "failed",
+            json_format.MessageToDict(result.output) if result.HasField("output") else None,
+            result.output_uri or None,
+            result.trace_uri or None,
+            result.error or None,
+            result.worker_id or None,
+            max(result.duration_ms, 0),
+        )
+        await conn.execute(
+            "UPDATE investigations SET tool_calls = tool_calls + $2, updated_at = now() WHERE id = $1",
+            step["investigation_id"],
+            len(result.tool_call_ids),
+        )
+
+    async def _succeeded(
+        self,
+        conn: asyncpg.Connection,
+        investigation: asyncpg.Record,
+        step: asyncpg.Record,
+        result: events_pb2.AgentResult,
+    ) -> None:
+        await self.event(
+            conn, investigation["id"], "step", "running", step["phase"], f"step {step['agent_role']} succeeded"
+        )
+        open_steps = await conn.fetchval(
+            "SELECT count(*) FROM investigation_steps WHERE investigation_id = $1 AND phase = $2"
+            " AND status IN ('pending', 'dispatched', 'running')",
+            investigation["id"],
+            step["phase"],
+        )
+        if open_steps:
+            return
+        spec = PHASES[step["phase"]]
+        assert isinstance(spec, AgentPhase)
+        await self._enter(conn, investigation, spec.next)
+
+    async def _retry(
+        self, conn: asyncpg.Connection, investigation: asyncpg.Record, step: asyncpg.Record, error: str
+    ) -> None:
+        delay = RETRY_BASE_SECONDS * 2 ** (step["attempt"] - 1)
+        await self.event(
+            conn,
+            investigation["id"],
+            "step_retry",
+            "running",
+            step["phase"],
+            f"step {step['agent_role']} failed ({error[:200]}); attempt {step['attempt'] + 1} in {delay:.0f}s",
+        )
+        states = list(_json(step["input"]).get("state_uris", []))
+        await self._dispatch(
+            conn, investigation, step["phase"], step["agent_role"], step["attempt"] + 1, states, delay=delay
+        )
+
+    async def _fail(self, conn: asyncpg.Connection, investigation: asyncpg.Record, reason: str) -> None:
+        await conn.execute(
+            "UPDATE investigation_steps SET status = 'cancelled' WHERE investigation_id = $1"
+            " AND status IN ('pending', 'dispatched', 'running')",
+            investigation["id"],
+        )
+        await conn.execute(
+            "UPDATE investigations SET status = 'failed', error = $2, completed_at = now(), updated_at = now()"
+            " WHERE id = $1",
+            investigation["id"],
+            reason,
+        )
+        await self.event(conn, investigation["id"], "failed", "failed", investigation["phase"], reason)
+
+    # -- report -----------------------------------------------------------------------------
+
+    async def write_report(self, conn: asyncpg.Connection, investigation: asyncpg.Record) -> None:
+        """Render the RECOMMEND step's findings; store Markdown and HTML in S3 and the report row."""
+        row = await conn.fetchrow(
+            "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = 'recommend'"
+            " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
+            investigation["id"],
+        )
+        findings = _json(row["output"]) if row else {}
+        record = {"id": str(investigation["id"]), "ticket_id": investigation["ticket_id"]}
+        markdown = render_markdown(record, findings)
+        prefix = f"reports/{investigation['id']}"
+        md_ref = await self._store.put(f"{prefix}/report.md", markdown.encode(), content_type="text/markdown")
+        html_ref = await self._store.put(
+            f"{prefix}/report.html",
+            render_html(markdown, f"Investigation {investigation['ticket_id']}").encode(),
+            content_type="text/html",
+        )
+        verdict = str(findings.get("verdict") or "INCONCLUSIVE")
+        confidence = float(findings.get("confidence") or 0.0)
+        remediation = findings.get("remediation") or {}
+        evidence = [
+            {"claim": e.get("claim", ""), "tool_call_ids": e.get("call_ids", []), "stance": "supports"}
+            for e in findings.get("evidence") or []
+        ]
+        rejected = [h for h in findings.get("hypotheses") or [] if h.get("status") == "rejected"]
+        await conn.execute(
+            "INSERT INTO reports (id, investigation_id, verdict, confidence, summary, evidence, recommendations,"
+            " timeline, first_failing_service, blast_radius, culprit_change, operational_signal, rejected_hypotheses,"
+            " markdown, markdown_uri, html_uri, object_version_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            uuid.uuid4(),
+            investigation["id"],
+            verdict,
+            confidence,
+            str(findings.get("summary") or ""),
+            evidence,
+            [
+                {"action": remediation.get("class", "investigate"), "description": s}
+                for s in remediation.get("steps") or []
+            ],
+            findings.get("timeline") or [],
+            findings.get("first_failing_service") or None,
+            list(findings.get("blast_radius") or []),
+            findings.get("culprit"),
+            findings.get("operational_signal") or None,
+            rejected,
+            markdown,
+            md_ref.uri(self._store.bucket),
+            html_ref.uri(self._store.bucket),
+            md_ref.version_id,
+        )
+        for ordinal, hypothesis in enumerate(findings.get("hypotheses") or [], start=1):
+            status = {"confirmed": "accepted", "supported": "accepted"}.get(hypothesis.get("status", ""), "rejected")
+            await conn.execute(
+                "INSERT INTO hypotheses (id, investigation_id, iteration, ordinal, statement, candidate, confidence,"
+                " status, verdict, checks, rejection_reason) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10)"
+                " ON CONFLICT (investigation_id, iteration, ordinal) DO NOTHING",
+                uuid.uuid4(),
+                investigation["id"],
+                ordinal,
+                f"{hypothesis.get('kind', 'change')} {hypothesis.get('ref', '')}"
+                f" ({hypothesis.get('title', '')}) caused it",
+                {k: hypothesis.get(k) for k in ("kind", "ref", "service", "title", "at", "score")},
+                confidence if status == "accepted" else 0.0,
+                status,
+                verdict if status == "accepted" else None,
+                hypothesis.get("checks") or [],
+                hypothesis.get("rejected_because") or None,
+            )
+        await conn.execute(
+            "UPDATE investigations SET verdict = $2, confidence = $3, summary = $4, report_url = $5, updated_at = now()"
+            " WHERE id = $1",
+            investigation["id"],
+            verdict,
+            confidence,
+            str(findings.get("summary") or "")[:4000],
+            html_ref.uri(self._store.bucket),
+        )
+        await self.event(conn, investigation["id"], "report", "running", "report", f"report ready: {verdict}")
+
+    # -- progress ---------------------------------------------------------------------------
+
+    async def event(
+        self, conn: asyncpg.Connection, investigation_id: uuid.UUID, kind: str, status: str, phase: str, message: str
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO investigation_events (id, investigation_id, sequence, kind, status, phase, message)"
+            " SELECT $1, $2, coalesce(max(sequence), 0) + 1, $3, $4, $5, $6 FROM investigation_events"
+            " WHERE investigation_id = $2",
+            uuid.uuid4(),
+            investigation_id,
+            kind,
+            status,
+            phase,
+            message,
+        )
+
+    def _notify(self) -> None:
+        if self._relay is not None:
+            self._relay.notify()
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value) if isinstance(value, Mapping) else {}

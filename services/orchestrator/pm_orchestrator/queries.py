@@ -1,0 +1,185 @@
+"""The investigation query API: get, list and report, authenticated and rate-limited like intake.
+
+Errors are the predecessor's: 401 without valid credentials, 429 over the query limit, 404
+{"error": "Investigation not found"} and, while running, 404 {"error": "Report not yet
+available", "investigation_status": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from pm.common.v1 import types_pb2
+from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
+from pm_auth import CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
+from pm_errors import InvalidArgument, NotFound
+from pm_grpc.http import Context
+
+_COLUMNS = """id, ticket_id, domain, mode, status, phase, requested_by, trigger_source, created_at, updated_at,
+completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration, input_tokens,
+output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, tool_calls"""
+
+
+def headers_of(context: Context) -> dict[str, str]:
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def _id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument("Invalid investigation id", details={"id": value[:100]}) from None
+
+
+def to_proto(row: Mapping[str, Any]) -> investigation_pb2.Investigation:
+    message = investigation_pb2.Investigation(
+        id=str(row["id"]),
+        ticket_id=row["ticket_id"],
+        domain=row["domain"] or "",
+        mode=row["mode"],
+        status=row["status"],
+        phase=row["phase"],
+        requested_by=row["requested_by"],
+        trigger_source=row["trigger_source"],
+        hypothesis_iteration=row["hypothesis_iteration"],
+        usage=types_pb2.Usage(
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cache_creation_input_tokens=row["cache_creation_tokens"],
+            cache_read_input_tokens=row["cache_read_tokens"],
+            cost_usd=float(row["cost_usd"]),
+            tool_calls=row["tool_calls"],
+        ),
+    )
+    message.created_at.FromDatetime(row["created_at"])
+    message.updated_at.FromDatetime(row["updated_at"])
+    if row["completed_at"] is not None:
+        message.completed_at.FromDatetime(row["completed_at"])
+    for name in ("verdict", "summary", "error", "report_url"):
+        if row[name] is not None:
+            setattr(message, name, row[name])
+    if row["confidence"] is not None:
+        message.confidence = float(row["confidence"])
+    if row["batch_id"] is not None:
+        message.batch_id = str(row["batch_id"])
+    return message
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
+    """pm.investigation.v1.InvestigationService: the reads (the rest arrive with later issues)."""
+
+    def __init__(self, pool: asyncpg.Pool, auth: AuthProvider, limiter: RateLimiter) -> None:
+        self._pool = pool
+        self._auth = auth
+        self._limiter = limiter
+
+    async def _caller(self, context: Context) -> str:
+        identity = await self._auth.authenticate(headers_of(context))
+        decision = await self._limiter.hit(identity.subject, CATEGORY_QUERY)
+        if not decision.allowed:
+            raise rate_limited_error(decision)
+        return identity.subject
+
+    async def GetInvestigation(
+        self, request: investigation_pb2.GetInvestigationRequest, context: Context
+    ) -> investigation_pb2.Investigation:
+        await self._caller(context)
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM investigations WHERE id = $1", _id(request.id))
+        if row is None:
+            raise NotFound("Investigation not found", details={"id": request.id})
+        return to_proto(row)
+
+    async def ListInvestigations(
+        self, request: investigation_pb2.ListInvestigationsRequest, context: Context
+    ) -> investigation_pb2.ListInvestigationsResponse:
+        await self._caller(context)
+        page = request.page or 1
+        limit = request.limit or 20
+        problems = []
+        if page < 1:
+            problems.append({"path": ["page"], "message": "must be at least 1", "code": "too_small"})
+        if not 1 <= limit <= 100:
+            problems.append({"path": ["limit"], "message": "must be between 1 and 100", "code": "out_of_range"})
+        if problems:
+            raise InvalidArgument("Validation failed", details={"details": problems})
+        filters = {"status": request.status, "domain": request.domain, "ticket_id": request.ticket_id}
+        where = [f"{column} = ${n}" for n, (column, value) in enumerate(((c, v) for c, v in filters.items() if v), 1)]
+        values = [v for v in filters.values() if v]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        total = await self._pool.fetchval(f"SELECT count(*) FROM investigations {clause}", *values)
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM investigations {clause} ORDER BY created_at DESC, id"
+            f" LIMIT ${len(values) + 1} OFFSET ${len(values) + 2}",
+            *values,
+            limit,
+            (page - 1) * limit,
+        )
+        return investigation_pb2.ListInvestigationsResponse(
+            data=[to_proto(r) for r in rows],
+            pagination=types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit)),
+        )
+
+    async def GetReport(
+        self, request: investigation_pb2.GetReportRequest, context: Context
+    ) -> investigation_pb2.Report:
+        await self._caller(context)
+        investigation_id = _id(request.id)
+        status = await self._pool.fetchval("SELECT status FROM investigations WHERE id = $1", investigation_id)
+        if status is None:
+            raise NotFound("Investigation not found", details={"id": request.id})
+        row = await self._pool.fetchrow(
+            "SELECT * FROM reports WHERE investigation_id = $1 ORDER BY created_at DESC LIMIT 1", investigation_id
+        )
+        if row is None:
+            raise NotFound("Report not yet available", details={"investigation_status": status})
+        report = investigation_pb2.Report(
+            id=str(row["id"]),
+            investigation_id=str(row["investigation_id"]),
+            verdict=row["verdict"],
+            confidence=float(row["confidence"]),
+            summary=row["summary"],
+            first_failing_service=row["first_failing_service"] or "",
+            blast_radius=list(row["blast_radius"] or []),
+            operational_signal=row["operational_signal"] or "",
+            markdown=row["markdown"],
+            markdown_uri=row["markdown_uri"] or "",
+            html_uri=row["html_uri"] or "",
+        )
+        report.created_at.FromDatetime(row["created_at"])
+        for item in _json(row["evidence"]) or []:
+            report.evidence.add(
+                claim=item.get("claim", ""), tool_call_ids=item.get("tool_call_ids", []), stance=item.get("stance", "")
+            )
+        for n, step in enumerate(_json(row["recommendations"]) or [], start=1):
+            report.recommendations.add(
+                action=step.get("action", ""), description=step.get("description", ""), priority=n
+            )
+        for entry in _json(row["timeline"]) or []:
+            timeline = report.timeline.add(description=entry.get("event", ""), kind=entry.get("kind", "event"))
+            if entry.get("at"):
+                timeline.at.FromJsonString(entry["at"])
+        culprit = _json(row["culprit_change"])
+        if culprit:
+            change = report.culprit_change
+            change.kind, change.ref = culprit.get("kind", ""), culprit.get("ref", "")
+            change.service, change.summary = culprit.get("service", ""), culprit.get("title", "")
+            change.still_deployed = True
+            if culprit.get("at"):
+                change.at.FromJsonString(culprit["at"])
+        for hypothesis in _json(row["rejected_hypotheses"]) or []:
+            report.rejected_hypotheses.add(
+                id=str(hypothesis.get("ref", "")),
+                statement=f"{hypothesis.get('kind', '')} {hypothesis.get('ref', '')}: {hypothesis.get('title', '')}",
+                status="rejected",
+                reason=hypothesis.get("rejected_because", ""),
+            )
+        return report

@@ -1,0 +1,217 @@
+"""An investigation from request to report: orchestrator, worker and registry on the real stack.
+
+The investigation row and its InvestigationRequested are written the way intake writes them;
+the orchestrator drives the phases, the worker runs every step through the registry and a stdio
+sandbox, and the report lands in PostgreSQL and S3 and is served by the query API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from integration.sandbox import registry_config
+from pm.events.v1 import events_pb2
+from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
+from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_db import apply_migrations
+from pm_orchestrator.app import SPEC as ORCHESTRATOR
+from pm_registry.app import SPEC as REGISTRY
+from pm_sandbox.fixture import write_snapshot
+from pm_storage import S3ObjectStore
+from pm_streams import STREAM_AGENT_RESULTS, STREAM_INVESTIGATIONS, StreamBus
+from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env, wait_for
+from pm_worker.app import SPEC as WORKER
+
+API_KEY = "engine-test-key-0001"
+PHASES = ["triage", "gather", "hypothesize", "verify", "recommend", "report", "deliver"]
+
+
+@dataclass
+class Stack:
+    db: asyncpg.Connection
+    bus: StreamBus
+    store: S3ObjectStore
+    queries: Any
+
+
+@pytest.fixture()
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    env = stack_env()
+    data = write_snapshot(tmp_path / "case")
+    config = tmp_path / "servers.yaml"
+    config.write_text(registry_config(data))
+    with fresh_bucket(env) as bucket:
+        async with fresh_database(env) as dsn:
+            await apply_migrations(dsn)
+            registry_port = free_port()
+            base = env.service_environ(database_url=dsn, bucket=bucket, registry_addr=f"127.0.0.1:{registry_port}")
+            registry_env = {**base, "GRPC_LISTEN": f"127.0.0.1:{registry_port}", "MCP_SERVERS_FILE": str(config)}
+            orchestrator_env = {**base, "API_KEYS": API_KEY, "OUTBOX_POLL_SECONDS": "0.2"}
+            db = await asyncpg.connect(dsn)
+            bus = StreamBus(env.redis_url, namespace=base["STREAM_NAMESPACE"])
+            await bus.connect()
+            store = S3ObjectStore(bucket, endpoint_url=env.s3_endpoint, access_key_id="test", secret_access_key="test")
+            try:
+                async with running_service(REGISTRY, registry_env) as registry:
+                    await _until_connected(registry)
+                    async with (
+                        running_service(WORKER, base),
+                        running_service(ORCHESTRATOR, orchestrator_env) as orchestrator,
+                    ):
+                        yield Stack(db, bus, store, investigation_pb2_grpc.InvestigationServiceStub(orchestrator))
+            finally:
+                await bus.close()
+                await db.close()
+
+
+async def _until_connected(channel: grpc.aio.Channel) -> None:
+    stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
+
+    async def connected() -> bool:
+        reply = await stub.ListServers(registry_pb2.ListServersRequest(), timeout=5)
+        return all(s.tool_count > 0 for s in reply.servers)
+
+    await wait_for(connected, timeout=30, what="the registry's sandbox session")
+
+
+async def _submit(stack: Stack, ticket: str) -> str:
+    """What intake does: the queued row, then InvestigationRequested on the stream."""
+    investigation_id = str(uuid.uuid4())
+    await stack.db.execute(
+        "INSERT INTO investigations (id, ticket_id, requested_by) VALUES ($1::uuid, $2, 'key:test')",
+        investigation_id,
+        ticket,
+    )
+    message = events_pb2.InvestigationRequested(
+        event_id=str(uuid.uuid4()), investigation_id=investigation_id, ticket_id=ticket
+    )
+    await stack.bus.publish(STREAM_INVESTIGATIONS, message, message_id=message.event_id)
+    return investigation_id
+
+
+async def _until_done(stack: Stack, investigation_id: str, timeout: float = 90) -> asyncpg.Record:
+    async with asyncio.timeout(timeout):
+        while True:
+            row = await stack.db.fetchrow("SELECT * FROM investigations WHERE id = $1::uuid", investigation_id)
+            if row["status"] in ("completed", "failed", "cancelled"):
+                return row
+            await asyncio.sleep(0.2)
+
+
+AUTH = (("x-api-key", API_KEY),)
+
+
+async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> None:
+    investigation_id = await _submit(stack, "SHOP-9")
+    row = await _until_done(stack, investigation_id)
+    assert row["status"] == "completed", row["error"]
+    assert row["phase"] == "deliver"
+    assert row["verdict"] in ("ROOT_CAUSE", "PROBABLE_CAUSE", "CONTRIBUTING_FACTOR", "INCONCLUSIVE")
+    assert row["tool_calls"] > 0
+
+    steps = await stack.db.fetch(
+        "SELECT phase, agent_role, status FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+    )
+    assert {s["status"] for s in steps} == {"succeeded"}
+    assert {s["phase"] for s in steps} == {"triage", "gather", "hypothesize", "verify", "recommend"}
+    assert len([s for s in steps if s["phase"] == "gather"]) == 4
+    runs = await stack.db.fetchval(
+        "SELECT count(*) FROM agent_runs WHERE investigation_id = $1::uuid", investigation_id
+    )
+    assert runs == len(steps)
+    events = await stack.db.fetch(
+        "SELECT sequence, kind, phase FROM investigation_events WHERE investigation_id = $1::uuid ORDER BY sequence",
+        investigation_id,
+    )
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["phase"] for e in events if e["kind"] == "phase"] == PHASES
+    assert events[-1]["kind"] == "completed"
+
+    # The report: in PostgreSQL, in the bucket (Markdown and HTML), through the query API.
+    report = await stack.queries.GetReport(
+        investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+    )
+    assert report.verdict == row["verdict"]
+    assert report.markdown.startswith("# Investigation SHOP-9")
+    assert "## Fix plan" in report.markdown
+    cited = {c for item in report.evidence for c in item.tool_call_ids}
+    assert cited
+    known = {
+        str(r["id"])
+        for r in await stack.db.fetch(
+            "SELECT id FROM mcp_tool_calls WHERE investigation_id = $1::uuid", investigation_id
+        )
+    }
+    assert cited <= known
+    html_key = report.html_uri.split(f"{stack.store.bucket}/", 1)[1].split("?")[0]
+    page = (await stack.store.get(html_key)).data.decode()
+    assert page.startswith("<!doctype html>")
+    assert "<h2>Fix plan</h2>" in page
+
+    got = await stack.queries.GetInvestigation(
+        investigation_pb2.GetInvestigationRequest(id=investigation_id), metadata=AUTH, timeout=10
+    )
+    assert (got.status, got.phase, got.verdict) == ("completed", "deliver", row["verdict"])
+    assert got.usage.tool_calls == row["tool_calls"]
+    listed = await stack.queries.ListInvestigations(
+        investigation_pb2.ListInvestigationsRequest(status="completed", limit=5), metadata=AUTH, timeout=10
+    )
+    assert [i.id for i in listed.data] == [investigation_id]
+    assert listed.pagination.total == 1
+
+    # A redelivered result changes nothing: the step is no longer open for it.
+    recommend = await stack.db.fetchrow(
+        "SELECT task_id, attempt FROM investigation_steps WHERE investigation_id = $1::uuid AND phase = 'recommend'",
+        investigation_id,
+    )
+    duplicate = events_pb2.AgentResult(
+        task_id=recommend["task_id"],
+        investigation_id=investigation_id,
+        attempt=recommend["attempt"],
+        status=events_pb2.STEP_STATUS_SUCCEEDED,
+    )
+    await stack.bus.publish(STREAM_AGENT_RESULTS, duplicate, message_id="duplicate-1")
+    await asyncio.sleep(2)
+    assert (
+        await stack.db.fetchval("SELECT count(*) FROM reports WHERE investigation_id = $1::uuid", investigation_id) == 1
+    )
+    assert await stack.db.fetchval(
+        "SELECT count(*) FROM investigation_events WHERE investigation_id = $1::uuid", investigation_id
+    ) == len(events)
+
+
+async def test_the_query_api_refuses_bad_requests(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await stack.queries.GetInvestigation(
+            investigation_pb2.GetInvestigationRequest(id=str(uuid.uuid4())), timeout=10
+        )
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stack.queries.GetInvestigation(
+            investigation_pb2.GetInvestigationRequest(id=str(uuid.uuid4())), metadata=AUTH, timeout=10
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await stack.queries.GetReport(investigation_pb2.GetReportRequest(id="not-an-id"), metadata=AUTH, timeout=10)
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # While it runs, the report is "not yet available" with the status.
+    investigation_id = str(uuid.uuid4())
+    await stack.db.execute("INSERT INTO investigations (id, ticket_id) VALUES ($1::uuid, 'SHOP-10')", investigation_id)
+    with pytest.raises(grpc.aio.AioRpcError) as early:
+        await stack.queries.GetReport(
+            investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+        )
+    assert early.value.code() == grpc.StatusCode.NOT_FOUND
+    body = json.loads(dict(early.value.trailing_metadata() or ())["x-pm-http-body"])
+    assert body == {"error": "Report not yet available", "investigation_status": "queued"}
