@@ -12,8 +12,6 @@ investigations (issue 5), this measures the reasoner's playbooks, not the full p
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,27 +20,7 @@ import pexservices
 import stack
 from processes import base_environ
 from profiles import REPO_ROOT, StackError
-
-# The sandbox's tools and the capability each provides (docs/sandbox.md, docs/registry.md).
-SANDBOX_TOOLS = {
-    "get_alert": "alerts.get",
-    "search_logs": "logs.search",
-    "query_metrics": "metrics.query",
-    "search_traces": "traces.search",
-    "log_patterns": "logs.patterns",
-    "list_deploys": "changes.deploys",
-    "list_commits": "changes.commits",
-    "get_commit": "changes.diff",
-    "flag_changes": "flags.changes",
-    "get_ticket": "tickets.get",
-    "search_messages": "comms.search",
-}
-ROLE = "investigator"
-
-
-def server_name(case: Path) -> str:
-    """Must match pm_worker.evaluate.server_name."""
-    return re.sub(r"[^a-z0-9_-]+", "-", case.name.lower()).strip("-")[:63] or "case"
+from sandboxconfig import server_name, servers_file
 
 
 def find_cases(folder: Path) -> list[Path]:
@@ -57,23 +35,6 @@ def find_cases(folder: Path) -> list[Path]:
     if len(set(names)) != len(names):
         raise StackError(f"{folder}: case folder names collide after normalisation: {names}")
     return cases
-
-
-def servers_file(cases: list[Path], python: str) -> str:
-    """The registry's YAML: one stdio sandbox per case, and a role allowed every read capability."""
-    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in SANDBOX_TOOLS.items())
-    sandbox = pexservices.DIST / "pm-sandbox.pex"
-    servers = "".join(
-        f"  - name: {server_name(case)}\n"
-        f"    transport: stdio\n"
-        f"    command: {json.dumps(python)}\n"
-        f"    args: [{json.dumps(str(sandbox))}, --data, {json.dumps(str(case.resolve()))}]\n"
-        f"    timeout_seconds: 30\n"
-        f"    tools:\n{tools}"
-        for case in cases
-    )
-    capabilities = ", ".join(sorted(set(SANDBOX_TOOLS.values())))
-    return f"servers:\n{servers}roles:\n  {ROLE}: [{capabilities}]\n"
 
 
 def evaluate(folder: str, environ: Mapping[str, str], *, output: str | None, keep: bool) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 import bench
+import demo
 import edge
 import evaluate
 import stack
@@ -37,7 +38,8 @@ usage: ./pm <command>
                         `./pants test <args>`), infrastructure down; exits with the suite's status
   check-edge            build the descriptor set, render the Envoy config, envoy --mode validate
   lint                  ./pants lint ::
-  demo                  the end-to-end demo
+  demo                  one real investigation of the demo incident through the REST API (starts
+                        the dev stack when needed); prints verdict, culprit, confidence, report
   bench intake [--seconds N] [--concurrency 1,8,32] [--ingest-replicas N] [--keep]
                         intake throughput and latency through Envoy (wrk) on a fresh stack of its
                         own in .stack/bench/; checks that every 2xx became one row and one entry
@@ -57,7 +59,6 @@ PM_EVAL_PORT 3400 and PM_EVAL_* (+200 on the service ports, PG 45432, Redis 4637
 PM_INGEST_REPLICAS=N runs N ingest processes (ports +1000 each) behind Envoy.
 """
 
-EXIT_DEMO_UNAVAILABLE = 2
 PANTS_CANCEL_TIMEOUT_SECONDS = 30.0
 SHORT_USAGE = "./pm <command> [options]   (./pm help lists the commands)"
 
@@ -169,8 +170,7 @@ def _check_edge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    print("pm: the demo comes with the investigation engine (issue 5); it is not available yet")
-    return EXIT_DEMO_UNAVAILABLE
+    return demo.run_demo(environ)
 
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import edge
 import infra
 import pexservices
+import sandboxconfig
 from localsecrets import LocalSecrets, load_or_create
 from processes import accepts_connections, http_status, is_running, port_in_use, redis_ping, tail, terminate, wait_for
 from profiles import REPO_ROOT, Profile, StackError, load_profile
@@ -71,6 +72,7 @@ def up_stack(profile: Profile, environ: Mapping[str, str], *, infra_only: bool) 
     check_ports_free(ports)
     if not infra_only:
         pexservices.package()
+        environ = _with_servers_file(profile, environ)
     local = load_or_create(profile.secrets_file)
     settings = _dev_settings(profile, local, environ)
     config = edge.prepare_config(profile)
@@ -88,6 +90,18 @@ def up_stack(profile: Profile, environ: Mapping[str, str], *, infra_only: bool) 
     _print_secret_sources(profile, environ)
     print(f"REST and gRPC: http://{profile.address('envoy')}   Envoy admin: http://{profile.address('envoy-admin')}")
     return 0
+
+
+def _with_servers_file(profile: Profile, environ: Mapping[str, str]) -> Mapping[str, str]:
+    """Without MCP_SERVERS_FILE, the registry gets the sandbox serving the demo incident."""
+    if environ.get("MCP_SERVERS_FILE"):
+        return environ
+    servers = profile.dir / "mcp-servers.yaml"
+    servers.parent.mkdir(parents=True, exist_ok=True)
+    scenario = sandboxconfig.demo_scenario(environ)
+    servers.write_text(sandboxconfig.servers_file([scenario], pexservices.python311()))
+    print(f"pm: MCP servers: the sandbox serving {scenario} (set MCP_SERVERS_FILE to use real servers)")
+    return {**environ, "MCP_SERVERS_FILE": str(servers)}
 
 
 def up_test_infra(environ: Mapping[str, str]) -> int:

@@ -17,6 +17,12 @@ def _cite(ids: Sequence[str]) -> str:
     return " ".join(f"`[call:{i}]`" for i in sorted(set(ids)) if i)
 
 
+def _short(hypothesis: Mapping[str, Any]) -> str:
+    """A commit sha shortened to 12 characters; flag names and other refs whole."""
+    ref = str(hypothesis.get("ref", ""))
+    return ref[:12] if hypothesis.get("kind") == "commit" else ref
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -82,13 +88,13 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
             status, hypothesis.get("rejected_because", "")
         )
         lines.append(
-            f"| `{_cell(str(hypothesis.get('ref', ''))[:12])}` {_cell(hypothesis.get('title', ''))} "
+            f"| `{_cell(_short(hypothesis))}` {_cell(hypothesis.get('title', ''))} "
             f"| {_cell(hypothesis.get('service', ''))} | {hypothesis.get('score', 0)} "
             f"| {_cell(hypothesis.get('status', ''))} | {_cell(why)} |"
         )
     lines += ["", "### Checks of the leading hypotheses", ""]
     for hypothesis in (findings.get("hypotheses") or [])[:3]:
-        lines.append(f"- `{str(hypothesis.get('ref', ''))[:12]}` {hypothesis.get('title', '')}")
+        lines.append(f"- `{_short(hypothesis)}` {hypothesis.get('title', '')}")
         for check in hypothesis.get("checks") or []:
             mark = "pass" if check.get("passed") else "fail"
             lines.append(

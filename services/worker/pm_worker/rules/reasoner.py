@@ -413,15 +413,18 @@ class RuleReasoner:
                 list(candidate.call_ids[:1]),
             )
         )
-        location = candidate.service == case.first_failing or (
-            candidate.service in related and candidate.kind == "commit" and _shared(candidate.files)
-        )
+        shared = candidate.kind == "commit" and _shared(candidate.files)
+        if candidate.service == case.first_failing:
+            location, where = True, "the first failing service"
+        elif candidate.service in related and shared:
+            location, where = True, "shared code, on a service in the blast radius"
+        else:
+            location, where = False, "not the first failing service"
         checks.append(
             Check(
                 "location",
                 location,
-                f"{'shipped with' if candidate.kind == 'commit' else 'changed on'} {candidate.service}"
-                f" ({'the' if candidate.service == case.first_failing else 'not the'} first failing service)",
+                f"{'shipped with' if candidate.kind == 'commit' else 'changed on'} {candidate.service} ({where})",
                 list(candidate.call_ids[:1]),
             )
         )
