@@ -9,6 +9,7 @@ algorithm switching are rejected. `RateLimiter` counts requests per identity and
 Redis, so every replica shares one budget.
 """
 
+from pm_auth.access import ApiAccess, open_api_access
 from pm_auth.authn import ApiKeyVerifier, Authenticator, Identity, JwtVerifier
 from pm_auth.provider import SECRET_API_KEYS, SECRET_JWT, AuthProvider, CachedSecrets
 from pm_auth.ratelimit import (
@@ -26,6 +27,7 @@ __all__ = [
     "CATEGORY_QUERY",
     "SECRET_API_KEYS",
     "SECRET_JWT",
+    "ApiAccess",
     "ApiKeyVerifier",
     "AuthProvider",
     "Authenticator",
@@ -36,5 +38,6 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "limits_from_settings",
+    "open_api_access",
     "rate_limited_error",
 ]

@@ -19,17 +19,16 @@ import asyncpg
 import grpc
 import pytest
 
-from integration.sandbox import registry_config
+from integration.sandbox import registry_config, until_connected
 from pm.events.v1 import events_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
-from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_db import apply_migrations
 from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_registry.app import SPEC as REGISTRY
 from pm_sandbox.fixture import write_snapshot
 from pm_storage import S3ObjectStore
 from pm_streams import STREAM_AGENT_RESULTS, STREAM_INVESTIGATIONS, StreamBus
-from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env, wait_for
+from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env
 from pm_worker.app import SPEC as WORKER
 
 API_KEY = "engine-test-key-0001"
@@ -63,7 +62,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             store = S3ObjectStore(bucket, endpoint_url=env.s3_endpoint, access_key_id="test", secret_access_key="test")
             try:
                 async with running_service(REGISTRY, registry_env) as registry:
-                    await _until_connected(registry)
+                    await until_connected(registry)
                     async with (
                         running_service(WORKER, base),
                         running_service(ORCHESTRATOR, orchestrator_env) as orchestrator,
@@ -72,16 +71,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             finally:
                 await bus.close()
                 await db.close()
-
-
-async def _until_connected(channel: grpc.aio.Channel) -> None:
-    stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
-
-    async def connected() -> bool:
-        reply = await stub.ListServers(registry_pb2.ListServersRequest(), timeout=5)
-        return all(s.tool_count > 0 for s in reply.servers)
-
-    await wait_for(connected, timeout=30, what="the registry's sandbox session")
 
 
 async def _submit(stack: Stack, ticket: str) -> str:

@@ -9,7 +9,11 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import grpc
+
+from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_testing import free_port, wait_for
 
 # The server runs as a plain `python -m pm_sandbox`: it gets this process's import path.
@@ -47,6 +51,17 @@ def registry_config(data: Path) -> str:
         f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}"]\n'
         f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{roles}'
     )
+
+
+async def until_connected(channel: grpc.aio.Channel, timeout: float = 30) -> None:
+    """Wait until every server of the registry behind `channel` has its tool catalog."""
+    stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
+
+    async def connected() -> bool:
+        reply = await stub.ListServers(registry_pb2.ListServersRequest(), timeout=5)
+        return all(s.tool_count > 0 for s in reply.servers)
+
+    await wait_for(connected, timeout=timeout, what="the registry's MCP sessions")
 
 
 class SandboxProcess:

@@ -14,23 +14,21 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from integration.sandbox import registry_config
+from integration.sandbox import registry_config, until_connected
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
-from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_db import apply_migrations
 from pm_registry.app import SPEC as REGISTRY
 from pm_sandbox.fixture import write_snapshot
 from pm_storage import S3ObjectStore
 from pm_streams import STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
-from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env, wait_for
+from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env
 from pm_worker.app import SPEC as WORKER
 from pm_worker.rules.reasoner import RuleReasoner
 from pm_worker.rules.toolbox import RegistryToolBox
@@ -88,21 +86,11 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
                                   access_key_id="test", secret_access_key="test")  # fmt: skip
             try:
                 async with running_service(REGISTRY, registry_env) as registry, running_service(WORKER, worker_env):
-                    await _until_connected(registry)
+                    await until_connected(registry)
                     yield Engine(bus, results, db, store, f"127.0.0.1:{registry_port}", investigation_id)
             finally:
                 await bus.close()
                 await db.close()
-
-
-async def _until_connected(channel: grpc.aio.Channel) -> None:
-    stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
-
-    async def connected() -> bool:
-        reply = await stub.ListServers(registry_pb2.ListServersRequest(), timeout=5)
-        return all(s.tool_count > 0 for s in reply.servers)
-
-    await wait_for(connected, timeout=30, what="the registry's sandbox session")
 
 
 async def _run_step(

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-from redis.asyncio import Redis
-
 from pm.ingest.v1 import ingest_pb2_grpc
-from pm_auth import AuthProvider, CachedSecrets, RateLimiter, limits_from_settings
+from pm_auth import open_api_access
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRegistration, ServiceRuntime, ServiceSpec
 from pm_ingest.grpc_api import IngestServicer
@@ -41,22 +39,9 @@ async def build(settings: IngestSettings, ctx: BuildContext) -> AsyncIterator[Se
         bus = StreamBus(settings.redis_url, namespace=settings.stream_namespace)
         await bus.connect()
         stack.push_async_callback(bus.close)
-        # Rate limiting must never hold a request up for long: short timeouts, fail open.
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
-        stack.push_async_callback(redis.aclose)
         source = secret_source_from_settings(settings, ctx.environ)
-        secrets = CachedSecrets(source, settings.secrets_refresh_seconds)
-        auth = AuthProvider(
-            secrets,
-            jwt_algorithm=settings.jwt_algorithm,
-            jwt_issuer=settings.jwt_issuer,
-            jwt_audience=settings.jwt_audience,
-        )
-        limiter = RateLimiter(
-            redis,
-            limits_from_settings(settings.rate_limit_investigation_per_minute, settings.rate_limit_query_per_minute),
-            prefix=f"{settings.stream_namespace}pm:rl:",
-        )
+        access = await open_api_access(stack, settings, source, settings.redis_url, settings.stream_namespace)
+        secrets, auth, limiter = access.secrets, access.auth, access.limiter
         store = IntakeStore(pool)
         audit = AuditLog(pool)
         relay = OutboxRelay(

@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-from redis.asyncio import Redis
-
 from pm.events.v1 import events_pb2
-from pm_auth import AuthProvider, CachedSecrets, RateLimiter, limits_from_settings
+from pm_auth import open_api_access
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec
 from pm_orchestrator.engine import Engine
@@ -40,21 +38,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
         stack.push_async_callback(bus.close)
         store = s3_store_from_settings(settings)
         source = secret_source_from_settings(settings, ctx.environ)
-        secrets = CachedSecrets(source, settings.secrets_refresh_seconds)
-        auth = AuthProvider(
-            secrets,
-            jwt_algorithm=settings.jwt_algorithm,
-            jwt_issuer=settings.jwt_issuer,
-            jwt_audience=settings.jwt_audience,
-        )
-        # Rate limiting must never hold a request up for long: short timeouts, fail open.
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
-        stack.push_async_callback(redis.aclose)
-        limiter = RateLimiter(
-            redis,
-            limits_from_settings(settings.rate_limit_investigation_per_minute, settings.rate_limit_query_per_minute),
-            prefix=f"{settings.stream_namespace}pm:rl:",
-        )
+        access = await open_api_access(stack, settings, source, settings.redis_url, settings.stream_namespace)
         relay = OutboxRelay(
             pool,
             bus,
@@ -86,7 +70,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             probes["vault"] = source.ping
         yield ServiceRuntime(
             # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
-            registrations=registrations(InvestigationQueries(pool, auth, limiter)),  # type: ignore[abstract]
+            registrations=registrations(InvestigationQueries(pool, access.auth, access.limiter)),  # type: ignore[abstract]
             probes=probes,
             background=[bus.run, relay.run],
         )
