@@ -2,7 +2,9 @@
 
 The investigation row and its InvestigationRequested are written the way intake writes them;
 the orchestrator drives the phases, the worker runs every step through the registry and a stdio
-sandbox, and the report lands in PostgreSQL and S3 and is served by the query API.
+sandbox serving the project's own scenario (a payments retry storm behind an api-gateway alert,
+with decoy deploys and a decoy flag), and the report lands in PostgreSQL and S3 and is served by
+the query API.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
 from pm_db import apply_migrations
 from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_registry.app import SPEC as REGISTRY
-from pm_sandbox.fixture import write_snapshot
 from pm_storage import S3ObjectStore
 from pm_streams import STREAM_AGENT_RESULTS, STREAM_INVESTIGATIONS, StreamBus
 from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env
 from pm_worker.app import SPEC as WORKER
 
 API_KEY = "engine-test-key-0001"
+SCENARIO = Path(__file__).resolve().parents[2] / "services" / "sandbox" / "scenarios" / "payments-retry-storm"
+TRUTH = json.loads((SCENARIO / "ground_truth.json").read_text())
 PHASES = ["triage", "gather", "hypothesize", "verify", "recommend", "report", "deliver"]
 
 
@@ -46,9 +49,8 @@ class Stack:
 @pytest.fixture()
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     env = stack_env()
-    data = write_snapshot(tmp_path / "case")
     config = tmp_path / "servers.yaml"
-    config.write_text(registry_config(data))
+    config.write_text(registry_config(SCENARIO))
     with fresh_bucket(env) as bucket:
         async with fresh_database(env) as dsn:
             await apply_migrations(dsn)
@@ -105,7 +107,8 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     row = await _until_done(stack, investigation_id)
     assert row["status"] == "completed", row["error"]
     assert row["phase"] == "deliver"
-    assert row["verdict"] in ("ROOT_CAUSE", "PROBABLE_CAUSE", "CONTRIBUTING_FACTOR", "INCONCLUSIVE")
+    # The scenario's answer (ground_truth.json, never served to the investigation).
+    assert row["verdict"] == "ROOT_CAUSE"
     assert row["tool_calls"] > 0
 
     steps = await stack.db.fetch(
@@ -131,6 +134,20 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
         investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
     )
     assert report.verdict == row["verdict"]
+    assert report.culprit_change.ref == TRUTH["root_cause_commit"]
+    assert report.first_failing_service == TRUTH["first_failing_service"]
+    assert set(report.blast_radius) == set(TRUTH["blast_radius"])
+    assert report.recommendations[0].action == TRUTH["remediation"]
+    # Decoys shipped before the onset were considered and rejected (a later one is no candidate).
+    considered = {
+        json.loads(r["candidate"])["ref"] if isinstance(r["candidate"], str) else r["candidate"]["ref"]
+        for r in await stack.db.fetch(
+            "SELECT candidate FROM hypotheses WHERE investigation_id = $1::uuid", investigation_id
+        )
+    }
+    decoys = set(TRUTH["decoy_deploy_commits"]) & considered
+    assert decoys
+    assert decoys <= {h.id for h in report.rejected_hypotheses}
     assert report.markdown.startswith("# Investigation SHOP-9")
     assert "## Fix plan" in report.markdown
     cited = {c for item in report.evidence for c in item.tool_call_ids}

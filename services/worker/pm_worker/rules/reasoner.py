@@ -284,6 +284,8 @@ class RuleReasoner:
             return
         horizon = (case.fired_at or case.onset) + timedelta(minutes=5)
         for (service, metric), points in case.series.items():
+            if _TRAFFIC.search(metric):
+                continue  # load is not failure: traffic metrics feed the surge signal, not the failure order
             departure = onset(points, before=horizon)
             if departure is not None and departure.at <= horizon and departure.at >= case.onset - timedelta(hours=2):
                 case.departures.setdefault(service, []).append((departure.at, metric, departure))
@@ -299,8 +301,19 @@ class RuleReasoner:
         alerted = str(case.alert.get("service", ""))
         if starts:
             earliest = min(starts.values())
-            tied = sorted(s for s, at in starts.items() if at - earliest <= TIE)
-            case.first_failing = alerted if alerted in tied else tied[0]
+            tied = [s for s, at in starts.items() if at - earliest <= TIE]
+            # Within a tie: the alerted service, then one that also logs errors (earliest first),
+            # then the one with more departing signals.
+            never = earliest + timedelta(days=365)
+            tied.sort(
+                key=lambda s: (
+                    s != alerted,
+                    case.error_onsets.get(s, never),
+                    -len(case.departures.get(s, [])),
+                    s,
+                )
+            )
+            case.first_failing = tied[0]
         else:
             case.first_failing = alerted
         first_at = starts.get(case.first_failing, case.onset)
