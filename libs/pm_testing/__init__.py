@@ -10,12 +10,13 @@ from pm_testing.envoy import build_descriptor_set, render_envoy_config, running_
 from pm_testing.postgres import PrivatePostgres, private_postgres
 from pm_testing.processes import free_port, wait_for
 from pm_testing.redis import PrivateRedis, private_redis
-from pm_testing.services import health_status, running_service
+from pm_testing.services import ServiceProcess, health_status, running_service
 from pm_testing.stack import StackEnv, fresh_bucket, fresh_database, stack_env, unique_name
 
 __all__ = [
     "PrivatePostgres",
     "PrivateRedis",
+    "ServiceProcess",
     "StackEnv",
     "build_descriptor_set",
     "free_port",

@@ -42,13 +42,14 @@ ROLES = {
 }
 
 
-def registry_config(data: Path) -> str:
-    """A registry servers file: one stdio sandbox serving `data`, and the rule reasoner's roles."""
+def registry_config(data: Path, *, delay_ms: int = 0) -> str:
+    """A registry servers file: one stdio sandbox serving `data` (each call `delay_ms` late), and
+    the rule reasoner's roles."""
     tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in CAPABILITIES.items())
     roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
     return (
         "servers:\n  - name: sandbox\n    transport: stdio\n"
-        f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}"]\n'
+        f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}", --delay-ms, "{delay_ms}"]\n'
         f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{roles}'
     )
 

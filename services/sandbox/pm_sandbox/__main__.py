@@ -26,13 +26,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--access-key-header", help=f"require this header to equal ${ACCESS_KEY_ENV} (HTTP only)")
+    parser.add_argument("--delay-ms", type=int, default=0, help="answer every tool call this much later (fault tests)")
     args = parser.parse_args()
     try:
         incident = load_incident(args.data)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"pm-sandbox: {exc}\n")
         sys.exit(2)
-    server = build_server(incident)
+    if not 0 <= args.delay_ms <= 600_000:
+        sys.stderr.write("pm-sandbox: --delay-ms must be between 0 and 600000\n")
+        sys.exit(2)
+    server = build_server(incident, delay_seconds=args.delay_ms / 1000)
     if args.transport == "stdio":
         server.run("stdio")
         return

@@ -6,6 +6,7 @@ and defaults, and its docstring are the tool's input schema and description.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
@@ -32,11 +33,14 @@ TOOL_NAMES = (
 )
 
 
-def _as_tool(query: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """`query` with QueryError reported to the client as a tool error naming the problem."""
+def _as_tool(query: Callable[..., dict[str, Any]], delay_seconds: float) -> Callable[..., Any]:
+    """`query` as an async tool: answers after `delay_seconds` (a slow backend, for fault tests),
+    with QueryError reported to the client as a tool error naming the problem."""
 
     @functools.wraps(query)
-    def tool(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def tool(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if delay_seconds > 0:
+            await asyncio.sleep(delay_seconds)
         try:
             return query(*args, **kwargs)
         except QueryError as exc:
@@ -45,15 +49,15 @@ def _as_tool(query: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
     return tool
 
 
-def build_server(incident: Incident) -> MCPServer[Any]:
-    """An MCP server whose tools answer from `incident`."""
+def build_server(incident: Incident, *, delay_seconds: float = 0.0) -> MCPServer[Any]:
+    """An MCP server whose tools answer from `incident` (each after `delay_seconds`)."""
     server: MCPServer[Any] = MCPServer(
         name="pm-sandbox",
         instructions=f"Observability, change and ticket data of incident snapshot {incident.name!r}.",
         version="0.1.0",
     )
     for name in TOOL_NAMES:
-        server.tool(name=name)(_as_tool(getattr(incident, name)))
+        server.tool(name=name)(_as_tool(getattr(incident, name), delay_seconds))
     return server
 
 
