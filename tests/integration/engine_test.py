@@ -13,6 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,11 @@ class Stack:
     queries: Any
 
 
-@pytest.fixture()
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@asynccontextmanager
+async def _engine(tmp_path: Path, servers: str, *, connected: bool = True) -> AsyncIterator[Stack]:
     env = stack_env()
     config = tmp_path / "servers.yaml"
-    config.write_text(registry_config(SCENARIO))
+    config.write_text(servers)
     with fresh_bucket(env) as bucket:
         async with fresh_database(env) as dsn:
             await apply_migrations(dsn)
@@ -64,7 +65,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             store = S3ObjectStore(bucket, endpoint_url=env.s3_endpoint, access_key_id="test", secret_access_key="test")
             try:
                 async with running_service(REGISTRY, registry_env) as registry:
-                    await until_connected(registry)
+                    if connected:
+                        await until_connected(registry)
                     async with (
                         running_service(WORKER, base),
                         running_service(ORCHESTRATOR, orchestrator_env) as orchestrator,
@@ -73,6 +75,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             finally:
                 await bus.close()
                 await db.close()
+
+
+@pytest.fixture()
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with _engine(tmp_path, registry_config(SCENARIO)) as running:
+        yield running
 
 
 async def _submit(stack: Stack, ticket: str) -> str:
@@ -221,3 +229,29 @@ async def test_the_query_api_refuses_bad_requests(stack: Stack) -> None:
     assert early.value.code() == grpc.StatusCode.NOT_FOUND
     body = json.loads(dict(early.value.trailing_metadata() or ())["x-pm-http-body"])
     assert body == {"error": "Report not yet available", "investigation_status": "queued"}
+
+
+async def test_a_step_that_keeps_failing_is_retried_then_fails_the_investigation(tmp_path: Path) -> None:
+    # A registry whose only server never starts: every triage attempt finds no tool to call,
+    # which a retry could fix, so it is retried with backoff until the attempts run out.
+    servers = "servers:\n  - name: gone\n    transport: stdio\n    command: /nonexistent/mcp-server\n"
+    async with _engine(tmp_path, servers, connected=False) as stack:
+        investigation_id = await _submit(stack, "SHOP-11")
+        row = await _until_done(stack, investigation_id, timeout=60)
+        assert row["status"] == "failed"
+        assert "triage failed after 3 attempt(s)" in row["error"]
+        assert "no connected MCP server offers alerts.get" in row["error"]
+        attempts = await stack.db.fetch(
+            "SELECT attempt, status, dispatched_at, finished_at FROM investigation_steps"
+            " WHERE investigation_id = $1::uuid ORDER BY attempt",
+            investigation_id,
+        )
+        assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "failed"), (3, "failed")]
+        # Backoff: the second attempt ran at least 2 s after the first failed, the third 4 s.
+        assert (attempts[1]["finished_at"] - attempts[0]["finished_at"]).total_seconds() >= 2
+        assert (attempts[2]["finished_at"] - attempts[1]["finished_at"]).total_seconds() >= 4
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await stack.queries.GetReport(
+                investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+            )
+        assert early.value.code() == grpc.StatusCode.NOT_FOUND
