@@ -64,8 +64,9 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
         yield await start_edge(stack, tmp_path, dsn)
 
 
-# The orchestrator's reads are served: without credentials they answer 401 themselves.
+# The orchestrator's reads and cancel are served: without credentials they answer 401 themselves.
 SERVED_READS = {
+    "/pm.investigation.v1.InvestigationService/CancelInvestigation",
     "/pm.investigation.v1.InvestigationService/GetInvestigation",
     "/pm.investigation.v1.InvestigationService/ListInvestigations",
     "/pm.investigation.v1.InvestigationService/GetReport",

@@ -255,3 +255,45 @@ async def test_a_step_that_keeps_failing_is_retried_then_fails_the_investigation
                 investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
             )
         assert early.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cancel_stops_a_running_investigation(tmp_path: Path) -> None:
+    # A slow backend (every tool call 200 ms late) keeps the investigation running long enough.
+    async with _engine(tmp_path, registry_config(SCENARIO, delay_ms=200)) as stack:
+        investigation_id = await _submit(stack, "SHOP-12")
+        async with asyncio.timeout(30):
+            while not await stack.db.fetchval(
+                "SELECT count(*) FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+            ):
+                await asyncio.sleep(0.05)
+        request = investigation_pb2.CancelInvestigationRequest(id=investigation_id, reason="wrong ticket")
+        reply = await stack.queries.CancelInvestigation(request, metadata=AUTH, timeout=10)
+        assert (reply.status, reply.message) == ("cancelled", "Investigation cancelled (it was running)")
+        row = await stack.db.fetchrow("SELECT * FROM investigations WHERE id = $1::uuid", investigation_id)
+        assert row["status"] == "cancelled"
+        assert row["error"].startswith("cancelled by key:")
+        assert row["error"].endswith(": wrong ticket")
+
+        # The step that was running stops (the registry refuses its next tool call), its result
+        # is not applied, and nothing further is dispatched.
+        await asyncio.sleep(3)
+        steps = await stack.db.fetch(
+            "SELECT phase, status FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+        )
+        assert {s["status"] for s in steps} == {"cancelled"}
+        assert {s["phase"] for s in steps} == {"triage"}
+        assert (
+            await stack.db.fetchval("SELECT status FROM investigations WHERE id = $1::uuid", investigation_id)
+        ) == "cancelled"
+
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stack.queries.CancelInvestigation(request, metadata=AUTH, timeout=10)
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert json.loads(dict(again.value.trailing_metadata() or ())["x-pm-http-body"]) == {
+            "error": "Investigation already cancelled",
+            "investigation_id": investigation_id,
+            "status": "cancelled",
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await stack.queries.CancelInvestigation(request, timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED

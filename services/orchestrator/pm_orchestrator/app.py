@@ -70,7 +70,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             probes["vault"] = source.ping
         yield ServiceRuntime(
             # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
-            registrations=registrations(InvestigationQueries(pool, access.auth, access.limiter)),  # type: ignore[abstract]
+            registrations=registrations(InvestigationQueries(pool, access.auth, access.limiter, engine)),  # type: ignore[abstract]
             probes=probes,
             background=[bus.run, relay.run],
         )

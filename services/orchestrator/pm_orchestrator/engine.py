@@ -31,6 +31,7 @@ from google.protobuf import json_format, struct_pb2
 
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
+from pm_errors import Conflict, NotFound
 from pm_orchestrator.report import render_html, render_markdown
 from pm_storage import ObjectStore
 from pm_streams import STREAM_AGENT_TASKS, Delivery
@@ -149,6 +150,36 @@ class Engine:
                 reason = f"step {step['agent_role']} failed after {step['attempt']} attempt(s): {result.error}"
                 await self._fail(conn, investigation, reason[:2000])
         self._notify()
+
+    async def cancel(self, investigation_id: uuid.UUID, reason: str, by: str) -> str:
+        """Cancel a queued or running investigation; returns its status before. Its open steps are
+        cancelled (their results will be ignored, and the registry refuses their further tool
+        calls). Raises NotFound, or Conflict when it has already ended."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            investigation = await conn.fetchrow(
+                "SELECT * FROM investigations WHERE id = $1 FOR UPDATE", investigation_id
+            )
+            if investigation is None:
+                raise NotFound("Investigation not found", details={"id": str(investigation_id)})
+            if investigation["status"] not in ("queued", "running"):
+                raise Conflict(
+                    f"Investigation already {investigation['status']}",
+                    details={"investigation_id": str(investigation_id), "status": investigation["status"]},
+                )
+            await conn.execute(
+                "UPDATE investigation_steps SET status = 'cancelled' WHERE investigation_id = $1"
+                " AND status IN ('pending', 'dispatched', 'running')",
+                investigation_id,
+            )
+            message = f"cancelled by {by}" + (f": {reason}" if reason else "")
+            await conn.execute(
+                "UPDATE investigations SET status = 'cancelled', error = $2, cancel_requested_at = now(),"
+                " completed_at = now(), updated_at = now() WHERE id = $1",
+                investigation_id,
+                message[:2000],
+            )
+            await self.event(conn, investigation_id, "cancelled", "cancelled", investigation["phase"], message)
+            return str(investigation["status"])
 
     # -- transitions ------------------------------------------------------------------------
 

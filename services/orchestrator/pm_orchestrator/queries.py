@@ -1,4 +1,4 @@
-"""The investigation query API: get, list and report, authenticated and rate-limited like intake.
+"""The investigation query API: get, list, report and cancel, authenticated and rate-limited like intake.
 
 Errors are the predecessor's: 401 without valid credentials, 429 over the query limit, 404
 {"error": "Investigation not found"} and, while running, 404 {"error": "Report not yet
@@ -16,9 +16,10 @@ import asyncpg
 
 from pm.common.v1 import types_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
-from pm_auth import CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
+from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
 from pm_errors import InvalidArgument, NotFound
 from pm_grpc.http import Context
+from pm_orchestrator.engine import Engine
 
 _COLUMNS = """id, ticket_id, domain, mode, status, phase, requested_by, trigger_source, created_at, updated_at,
 completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration, input_tokens,
@@ -77,14 +78,15 @@ def _json(value: Any) -> Any:
 class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
     """pm.investigation.v1.InvestigationService: the reads (the rest arrive with later issues)."""
 
-    def __init__(self, pool: asyncpg.Pool, auth: AuthProvider, limiter: RateLimiter) -> None:
+    def __init__(self, pool: asyncpg.Pool, auth: AuthProvider, limiter: RateLimiter, engine: Engine) -> None:
         self._pool = pool
         self._auth = auth
         self._limiter = limiter
+        self._engine = engine
 
-    async def _caller(self, context: Context) -> str:
+    async def _caller(self, context: Context, category: str = CATEGORY_QUERY) -> str:
         identity = await self._auth.authenticate(headers_of(context))
-        decision = await self._limiter.hit(identity.subject, CATEGORY_QUERY)
+        decision = await self._limiter.hit(identity.subject, category)
         if not decision.allowed:
             raise rate_limited_error(decision)
         return identity.subject
@@ -126,6 +128,22 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
         return investigation_pb2.ListInvestigationsResponse(
             data=[to_proto(r) for r in rows],
             pagination=types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit)),
+        )
+
+    async def CancelInvestigation(
+        self, request: investigation_pb2.CancelInvestigationRequest, context: Context
+    ) -> investigation_pb2.CancelInvestigationResponse:
+        caller = await self._caller(context, CATEGORY_INVESTIGATION)
+        investigation_id = _id(request.id)
+        if len(request.reason) > 500:
+            raise InvalidArgument("Validation failed", details={"details": [
+                {"path": ["reason"], "message": "must be at most 500 characters", "code": "too_big"}
+            ]})  # fmt: skip
+        before = await self._engine.cancel(investigation_id, request.reason, caller)
+        return investigation_pb2.CancelInvestigationResponse(
+            investigation_id=str(investigation_id),
+            status="cancelled",
+            message=f"Investigation cancelled (it was {before})",
         )
 
     async def GetReport(

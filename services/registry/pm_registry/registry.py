@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pm_errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from pm_errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from pm_registry.breaker import CircuitBreaker, State
 from pm_registry.config import RegistryConfig, ServerConfig
 from pm_registry.connections import ServerConnection, ServerDown, describe_error
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 OK, TOOL_ERROR, TIMEOUT, DENIED, UNAVAILABLE = "ok", "tool_error", "timeout", "denied", "unavailable"
 RETRY_BASE_SECONDS = 0.2
+ENDED = ("completed", "failed", "cancelled")
 _CIRCUIT_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 
@@ -296,8 +297,18 @@ class Registry:
             duration_ms=0,
             idempotency_key=caller.idempotency_key or None,
         )
-        if investigation_id is not None and not await self._store.investigation_exists(investigation_id):
-            raise NotFound(f"investigation {investigation_id} does not exist", details={"field": "investigation_id"})
+        if investigation_id is not None:
+            status = await self._store.investigation_status(investigation_id)
+            if status is None:
+                raise NotFound(
+                    f"investigation {investigation_id} does not exist", details={"field": "investigation_id"}
+                )
+            if status in ENDED:
+                # A cancelled (or finished) investigation's steps get no more tools.
+                raise Conflict(
+                    f"investigation {investigation_id} is {status}: no more tool calls",
+                    details={"investigation_id": str(investigation_id), "status": status},
+                )
         try:
             grant = authorize(self.config, caller.agent_role, server, tool)
         except PermissionDenied as exc:

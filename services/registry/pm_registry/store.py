@@ -61,8 +61,10 @@ class CallStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def investigation_exists(self, investigation_id: uuid.UUID) -> bool:
-        return bool(await self._pool.fetchval("SELECT 1 FROM investigations WHERE id = $1", investigation_id))
+    async def investigation_status(self, investigation_id: uuid.UUID) -> str | None:
+        """The investigation's status, or None when it does not exist."""
+        status = await self._pool.fetchval("SELECT status FROM investigations WHERE id = $1", investigation_id)
+        return str(status) if status is not None else None
 
     async def by_idempotency_key(self, key: str) -> CallRecord | None:
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM mcp_tool_calls WHERE idempotency_key = $1", key)

@@ -33,7 +33,7 @@ from pm_errors import NotFound, PmError
 from pm_storage import ObjectStore
 from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
 from pm_worker.rules.steps import StepInputError, run_role
-from pm_worker.rules.toolbox import RegistryToolBox
+from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class StepExecutor:
             result.output_uri = output_ref.uri(self._store.bucket)
             result.trace_uri = trace_ref.uri(self._store.bucket)
             result.tool_call_ids.extend(call_ids)
-        except StepInputError as exc:
+        except (StepInputError, InvestigationEnded) as exc:
             result.status = events_pb2.STEP_STATUS_FAILED_PERMANENT
             result.error = str(exc)
         except (PmError, grpc.aio.AioRpcError, OSError) as exc:

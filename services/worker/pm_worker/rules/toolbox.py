@@ -14,6 +14,10 @@ from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_errors import Unavailable
 
 
+class InvestigationEnded(Exception):
+    """The registry refuses tools to this investigation: it was cancelled or has ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One tool call's result: the call id reports cite, and the tool's JSON (or the error)."""
@@ -114,6 +118,9 @@ class RegistryToolBox:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The investigation ended (cancelled): the step stops here.
+                raise InvestigationEnded(exc.details() or "the investigation has ended") from None
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # The server is down or its circuit is open: the step fails and is retried.
                 raise Unavailable(f"{capability} via {route.server}/{route.tool}: {exc.details()}") from None
