@@ -186,15 +186,28 @@ class StreamBus:
             maxlen=self._maxlen,
         )
 
-    async def _ensure_groups(self) -> None:
+    async def _ensure_groups(self) -> bool:
+        """Create the groups that do not exist; returns whether any had to be created."""
         # Created from the start of the stream (id 0), not "$": messages published before the
         # first consumer ever started must still be delivered to it.
+        created = False
         for sub in self._subscriptions:
             try:
                 await self._admin.xgroup_create(sub.stream, sub.group, id="0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            else:
+                created = True
+                if self._started:
+                    log.warning("stream group %s on %s was gone and is created again", sub.group, sub.stream)
+        return created
+
+    async def _revive(self) -> None:
+        """Start again the subscribers faststream stopped when their group vanished (NOGROUP)."""
+        for subscriber in self.broker.subscribers:
+            if not subscriber.running:
+                await subscriber.start()
 
     async def connect(self) -> None:
         """Prepare to publish (connections open on first use, so Redis may still be down)."""
@@ -206,8 +219,13 @@ class StreamBus:
         await self.broker.start()
         self._started = True
 
-    async def run(self, retry_max_seconds: float = 10.0) -> None:
-        """Start (retrying while Redis is unreachable), consume until cancelled, then close."""
+    async def run(self, retry_max_seconds: float = 10.0, groups_check_seconds: float = 5.0) -> None:
+        """Start (retrying while Redis is unreachable), consume until cancelled, then close.
+
+        While consuming, the consumer groups are checked every `groups_check_seconds` and created
+        again when they are gone (Redis restarted empty or flushed), so consumers resume by
+        themselves; what the lost streams held is re-driven from PostgreSQL by the owners.
+        """
         delay = 0.5
         try:
             while True:
@@ -218,7 +236,13 @@ class StreamBus:
                     log.warning("stream bus cannot start yet: %s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, retry_max_seconds)
-            await asyncio.Event().wait()
+            while True:
+                await asyncio.sleep(groups_check_seconds)
+                try:
+                    if await self._ensure_groups():
+                        await self._revive()
+                except (RedisError, OSError) as exc:
+                    log.warning("stream groups not checked: %s", exc)
         finally:
             await self.close()
 

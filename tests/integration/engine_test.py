@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from integration.sandbox import registry_config, until_connected
 from pm.events.v1 import events_pb2
@@ -30,7 +31,7 @@ from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_registry.app import SPEC as REGISTRY
 from pm_storage import S3ObjectStore
 from pm_streams import STREAM_AGENT_RESULTS, STREAM_INVESTIGATIONS, StreamBus
-from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env
+from pm_testing import free_port, fresh_bucket, fresh_database, private_redis, running_service, stack_env
 from pm_worker.app import SPEC as WORKER
 
 API_KEY = "engine-test-key-0001"
@@ -48,7 +49,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def _engine(tmp_path: Path, servers: str, *, connected: bool = True) -> AsyncIterator[Stack]:
+async def _engine(
+    tmp_path: Path, servers: str, *, connected: bool = True, redis_url: str = "", **extra: str
+) -> AsyncIterator[Stack]:
     env = stack_env()
     config = tmp_path / "servers.yaml"
     config.write_text(servers)
@@ -57,10 +60,11 @@ async def _engine(tmp_path: Path, servers: str, *, connected: bool = True) -> As
             await apply_migrations(dsn)
             registry_port = free_port()
             base = env.service_environ(database_url=dsn, bucket=bucket, registry_addr=f"127.0.0.1:{registry_port}")
+            base |= {"REDIS_URL": redis_url or env.redis_url, **extra}
             registry_env = {**base, "GRPC_LISTEN": f"127.0.0.1:{registry_port}", "MCP_SERVERS_FILE": str(config)}
             orchestrator_env = {**base, "API_KEYS": API_KEY, "OUTBOX_POLL_SECONDS": "0.2"}
             db = await asyncpg.connect(dsn)
-            bus = StreamBus(env.redis_url, namespace=base["STREAM_NAMESPACE"])
+            bus = StreamBus(base["REDIS_URL"], namespace=base["STREAM_NAMESPACE"])
             await bus.connect()
             store = S3ObjectStore(bucket, endpoint_url=env.s3_endpoint, access_key_id="test", secret_access_key="test")
             try:
@@ -297,3 +301,56 @@ async def test_cancel_stops_a_running_investigation(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
             await stack.queries.CancelInvestigation(request, timeout=10)
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_after_redis_loses_everything_the_reconciler_redrives_every_open_investigation(tmp_path: Path) -> None:
+    async with (
+        private_redis(stack_env()) as redis_server,
+        _engine(
+            tmp_path,
+            registry_config(SCENARIO, delay_ms=150),
+            redis_url=redis_server.url,
+            RECONCILE_INTERVAL_SECONDS="1",
+            RECONCILE_STALE_SECONDS="4",
+            STEP_RECLAIM_IDLE_MS="2000",
+        ) as stack,
+    ):
+        running = await _submit(stack, "SHOP-13")
+        # A request whose message never made it onto a stream: only the row exists.
+        lost = str(uuid.uuid4())
+        await stack.db.execute("INSERT INTO investigations (id, ticket_id) VALUES ($1::uuid, 'SHOP-14')", lost)
+        async with asyncio.timeout(60):
+            while not await stack.db.fetchval(
+                "SELECT count(*) FROM investigation_steps WHERE investigation_id = $1::uuid AND phase = 'gather'",
+                running,
+            ):
+                await asyncio.sleep(0.05)
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.flushall()  # every stream, group and pending entry is gone
+        finally:
+            await client.aclose()
+        for investigation_id in (running, lost):
+            try:
+                row = await _until_done(stack, investigation_id, timeout=40)
+            except TimeoutError:
+                events = await stack.db.fetch(
+                    "SELECT investigation_id::text, sequence, kind, message FROM investigation_events ORDER BY 1, 2"
+                )
+                steps = await stack.db.fetch(
+                    "SELECT investigation_id::text, phase, agent_role, status, attempt FROM investigation_steps"
+                )
+                pytest.fail(
+                    f"{investigation_id} did not finish: {[dict(r) for r in events]} {[dict(r) for r in steps]}"
+                )
+            assert row["status"] == "completed", row["error"]
+            assert row["verdict"] == "ROOT_CAUSE"
+        redriven = await stack.db.fetch(
+            "SELECT investigation_id::text, message FROM investigation_events WHERE kind = 'redriven'"
+        )
+        assert {r["investigation_id"] for r in redriven} == {running, lost}
+        # The triage of the running one had finished before the flush: it was not run again.
+        triage = await stack.db.fetchval(
+            "SELECT count(*) FROM agent_runs WHERE investigation_id = $1::uuid AND phase = 'triage'", running
+        )
+        assert triage == 1

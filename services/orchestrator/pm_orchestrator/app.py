@@ -72,7 +72,11 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
             registrations=registrations(InvestigationQueries(pool, access.auth, access.limiter, engine)),  # type: ignore[abstract]
             probes=probes,
-            background=[bus.run, relay.run],
+            background=[
+                bus.run,
+                relay.run,
+                partial(engine.run_reconciler, settings.reconcile_interval_seconds, settings.reconcile_stale_seconds),
+            ],
         )
 
 

@@ -18,6 +18,7 @@ orchestrator replicas can consume side by side:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -34,12 +35,15 @@ from pm.events.v1 import events_pb2
 from pm_errors import Conflict, NotFound
 from pm_orchestrator.report import render_html, render_markdown
 from pm_storage import ObjectStore
-from pm_streams import STREAM_AGENT_TASKS, Delivery
+from pm_streams import STREAM_AGENT_TASKS, STREAM_INVESTIGATIONS, STREAM_INVESTIGATIONS_URGENT, Delivery
 from pm_streams.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
 MESSAGE_TYPE_TASK = "pm.events.v1.AgentTask"
+MESSAGE_TYPE_REQUESTED = "pm.events.v1.InvestigationRequested"
+# pg_try_advisory_xact_lock key of the reconciler (one replica reconciles at a time).
+RECONCILE_LOCK = 0x706D5F72_6563
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 2.0
 
@@ -244,6 +248,32 @@ class Engine:
             task_id,
             inputs,
         )
+        await self._announce(
+            conn,
+            investigation,
+            task_id=task_id,
+            step_id=step_id,
+            phase=phase,
+            role=role,
+            attempt=attempt,
+            inputs=inputs,
+            delay=delay,
+        )
+
+    async def _announce(
+        self,
+        conn: asyncpg.Connection,
+        investigation: Mapping[str, Any],
+        *,
+        task_id: str,
+        step_id: uuid.UUID,
+        phase: str,
+        role: str,
+        attempt: int,
+        inputs: Mapping[str, Any],
+        delay: float = 0.0,
+    ) -> None:
+        """The step's AgentTask into the outbox (published by the relay after commit)."""
         task = events_pb2.AgentTask(
             task_id=task_id,
             investigation_id=str(investigation["id"]),
@@ -253,20 +283,84 @@ class Engine:
             attempt=attempt,
             model_tier=str(investigation["mode"]),
             reasoner="rule",
-            input=json_format.ParseDict(inputs, struct_pb2.Struct()),
+            input=json_format.ParseDict(dict(inputs), struct_pb2.Struct()),
         )
         task.dispatched_at.FromDatetime(datetime.now(UTC))
-        await conn.execute(
-            "INSERT INTO outbox (id, stream, aggregate_id, message_type, payload, priority, available_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
-            uuid.uuid4(),
-            STREAM_AGENT_TASKS,
-            investigation["id"],
-            MESSAGE_TYPE_TASK,
-            task.SerializeToString(),
-            int(investigation["priority"]),
-            delay,
-        )
+        await _outbox(conn, STREAM_AGENT_TASKS, investigation, MESSAGE_TYPE_TASK, task.SerializeToString(), delay)
+
+    # -- reconciliation ---------------------------------------------------------------------
+
+    async def reconcile(self, stale_seconds: float) -> int:
+        """Announce again what the streams may have lost (Redis restarted empty, flushed): queued
+        investigations never started and open steps without a result, both older than
+        `stale_seconds` and with nothing of theirs waiting in the outbox. Duplicates are harmless
+        (starting is idempotent, results are applied once). One replica at a time; returns how
+        many messages were announced again."""
+        announced = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RECONCILE_LOCK):
+                return 0
+            queued = await conn.fetch(
+                "SELECT * FROM investigations i WHERE status = 'queued'"
+                " AND created_at < now() - make_interval(secs => $1)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = i.id AND o.published_at IS NULL)"
+                " AND NOT EXISTS (SELECT 1 FROM investigation_events e WHERE e.investigation_id = i.id"
+                "                 AND e.kind = 'redriven' AND e.occurred_at > now() - make_interval(secs => $1))"
+                " LIMIT 500",
+                stale_seconds,
+            )
+            for investigation in queued:
+                event = events_pb2.InvestigationRequested(
+                    event_id=str(uuid.uuid4()),
+                    investigation_id=str(investigation["id"]),
+                    ticket_id=investigation["ticket_id"],
+                    domain=investigation["domain"] or "",
+                    callback_url=investigation["callback_url"] or "",
+                    requested_by=investigation["requested_by"],
+                )
+                stream = STREAM_INVESTIGATIONS_URGENT if investigation["priority"] <= 2 else STREAM_INVESTIGATIONS
+                await _outbox(conn, stream, investigation, MESSAGE_TYPE_REQUESTED, event.SerializeToString(), 0.0)
+                await self.event(conn, investigation["id"], "redriven", "queued", "intake", "request announced again")
+                announced += 1
+            steps = await conn.fetch(
+                "SELECT s.*, i.mode, i.priority FROM investigation_steps s JOIN investigations i"
+                " ON i.id = s.investigation_id WHERE i.status = 'running' AND s.status IN ('dispatched', 'running')"
+                " AND s.dispatched_at < now() - make_interval(secs => $1)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = s.investigation_id"
+                "                 AND o.published_at IS NULL) LIMIT 500",
+                stale_seconds,
+            )
+            for step in steps:
+                investigation = {"id": step["investigation_id"], "mode": step["mode"], "priority": step["priority"]}
+                await self._announce(
+                    conn,
+                    investigation,
+                    task_id=step["task_id"],
+                    step_id=step["id"],
+                    phase=step["phase"],
+                    role=step["agent_role"],
+                    attempt=step["attempt"],
+                    inputs=_json(step["input"]),
+                )
+                await conn.execute("UPDATE investigation_steps SET dispatched_at = now() WHERE id = $1", step["id"])
+                await self.event(
+                    conn, step["investigation_id"], "redriven", "running", step["phase"],
+                    f"step {step['agent_role']} announced again (no result for {stale_seconds:.0f}s)",
+                )  # fmt: skip
+                announced += 1
+        if announced:
+            log.warning("reconciler announced %d message(s) again", announced)
+            self._notify()
+        return announced
+
+    async def run_reconciler(self, interval_seconds: float, stale_seconds: float) -> None:
+        """Reconcile every `interval_seconds` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.reconcile(stale_seconds)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("reconciler: %s; trying again in %.0fs", exc, interval_seconds)
 
     async def _record_run(
         self, conn: asyncpg.Connection, step: asyncpg.Record, result: events_pb2.AgentResult, status: str
@@ -462,6 +556,27 @@ class Engine:
     def _notify(self) -> None:
         if self._relay is not None:
             self._relay.notify()
+
+
+async def _outbox(
+    conn: asyncpg.Connection,
+    stream: str,
+    investigation: Mapping[str, Any],
+    message_type: str,
+    payload: bytes,
+    delay: float,
+) -> None:
+    await conn.execute(
+        "INSERT INTO outbox (id, stream, aggregate_id, message_type, payload, priority, available_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+        uuid.uuid4(),
+        stream,
+        investigation["id"],
+        message_type,
+        payload,
+        int(investigation["priority"]),
+        delay,
+    )
 
 
 def _json(value: Any) -> dict[str, Any]:

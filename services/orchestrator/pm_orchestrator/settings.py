@@ -28,3 +28,7 @@ class OrchestratorSettings(
     metrics_listen: str = "0.0.0.0:9102"
     # A result or request left unacknowledged this long (its orchestrator died) is claimed by another.
     message_reclaim_idle_ms: int = Field(default=30_000, ge=1_000, le=3_600_000)
+    # The reconciler: how often it looks, and how old a queued investigation or an open step
+    # without a result must be before it is announced again (after Redis lost its streams).
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    reconcile_stale_seconds: float = Field(default=300.0, gt=0, le=86_400)
