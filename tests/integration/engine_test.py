@@ -354,3 +354,45 @@ async def test_after_redis_loses_everything_the_reconciler_redrives_every_open_i
             "SELECT count(*) FROM agent_runs WHERE investigation_id = $1::uuid AND phase = 'triage'", running
         )
         assert triage == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ({"INVESTIGATION_MAX_TOOL_CALLS": "5"}, "tool-call budget of 5 exhausted"),
+        (
+            {"INVESTIGATION_DEADLINE_SECONDS": "2", "RECONCILE_INTERVAL_SECONDS": "0.5"},
+            "deadline of 2s passed",
+        ),
+    ],
+)
+async def test_a_breached_budget_goes_straight_to_an_inconclusive_report(
+    tmp_path: Path, settings: dict[str, str], reason: str
+) -> None:
+    async with _engine(tmp_path, registry_config(SCENARIO, delay_ms=100), **settings) as stack:
+        investigation_id = await _submit(stack, "SHOP-15")
+        row = await _until_done(stack, investigation_id, timeout=60)
+        assert row["status"] == "completed", row["error"]
+        assert row["verdict"] == "INCONCLUSIVE"
+        assert reason in row["summary"]
+        assert row["phase"] == "deliver"
+        report = await stack.queries.GetReport(
+            investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+        )
+        assert report.verdict == "INCONCLUSIVE"
+        assert reason in report.markdown
+        # Nothing keeps running after the stop: open steps were superseded, none dispatched later.
+        await asyncio.sleep(2)
+        statuses = {
+            r["status"]
+            for r in await stack.db.fetch(
+                "SELECT status FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+            )
+        }
+        assert statuses <= {"succeeded", "superseded", "failed"}
+        assert not {"recommend"} & {
+            r["phase"]
+            for r in await stack.db.fetch(
+                "SELECT phase FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+            )
+        }

@@ -10,7 +10,7 @@ from pm.events.v1 import events_pb2
 from pm_auth import open_api_access
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec
-from pm_orchestrator.engine import Engine
+from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import registrations
 from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
@@ -46,7 +46,12 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
         )
-        engine = Engine(pool, store, relay)
+        budget = Budget(
+            wall_seconds=settings.investigation_deadline_seconds,
+            max_tool_calls=settings.investigation_max_tool_calls,
+            max_cost_usd=settings.investigation_max_cost_usd,
+        )
+        engine = Engine(pool, store, relay, budget)
         consumer = f"orchestrator-{settings.grpc_listen.rpartition(':')[2]}"
         for stream in (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS):
             bus.subscribe(

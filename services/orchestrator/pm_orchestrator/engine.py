@@ -106,13 +106,25 @@ _STEP_STATUS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Default limits of one investigation; a request's own `budget` values take precedence."""
+
+    wall_seconds: float = 1800.0
+    max_tool_calls: int = 1000
+    max_cost_usd: float = 5.0
+
+
 class Engine:
     """Applies InvestigationRequested and AgentResult messages to PostgreSQL."""
 
-    def __init__(self, pool: asyncpg.Pool, store: ObjectStore, relay: OutboxRelay | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, store: ObjectStore, relay: OutboxRelay | None = None, budget: Budget | None = None
+    ) -> None:
         self._pool = pool
         self._store = store
         self._relay = relay
+        self._budget = budget or Budget()
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -121,9 +133,18 @@ class Engine:
             investigation = await self._lock(conn, message.investigation_id)
             if investigation is None or investigation["status"] != "queued":
                 return  # unknown, or already started by another delivery or replica
+            limits = {
+                "wall_seconds": self._budget.wall_seconds,
+                "max_tool_calls": self._budget.max_tool_calls,
+                "max_cost_usd": self._budget.max_cost_usd,
+                **_json(investigation["budget"]),
+            }
             await conn.execute(
-                "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now() WHERE id = $1",
+                "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now(), budget = $2,"
+                " deadline_at = coalesce(deadline_at, now() + make_interval(secs => $3)) WHERE id = $1",
                 investigation["id"],
+                limits,
+                float(limits["wall_seconds"]),
             )
             await self.event(conn, investigation["id"], "started", "running", "intake", "investigation started")
             await self._enter(conn, investigation, "triage")
@@ -146,7 +167,10 @@ class Engine:
             if investigation["status"] != "running":
                 await conn.execute("UPDATE investigation_steps SET status = 'cancelled' WHERE id = $1", step["id"])
                 return
-            if status == "succeeded":
+            breach = await self._breach(conn, investigation["id"])
+            if breach:
+                await self.conclude_early(conn, investigation["id"], breach)
+            elif status == "succeeded":
                 await self._succeeded(conn, investigation, step, result)
             elif status == "failed" and step["attempt"] < MAX_ATTEMPTS:
                 await self._retry(conn, investigation, step, result.error)
@@ -154,6 +178,48 @@ class Engine:
                 reason = f"step {step['agent_role']} failed after {step['attempt']} attempt(s): {result.error}"
                 await self._fail(conn, investigation, reason[:2000])
         self._notify()
+
+    # -- budgets ----------------------------------------------------------------------------
+
+    async def _breach(self, conn: asyncpg.Connection, investigation_id: uuid.UUID) -> str:
+        """Which budget of the investigation is exhausted ("" when none)."""
+        row = await conn.fetchrow(
+            "SELECT budget, tool_calls, cost_usd, deadline_at, now() > deadline_at AS late FROM investigations"
+            " WHERE id = $1",
+            investigation_id,
+        )
+        limits = _json(row["budget"])
+        if row["late"]:
+            return f"deadline of {float(limits.get('wall_seconds', 0)):.0f}s passed"
+        if "max_tool_calls" in limits and row["tool_calls"] > int(limits["max_tool_calls"]):
+            return f"tool-call budget of {int(limits['max_tool_calls'])} exhausted ({row['tool_calls']} calls)"
+        if "max_cost_usd" in limits and float(row["cost_usd"]) > float(limits["max_cost_usd"]):
+            return f"cost budget of ${float(limits['max_cost_usd']):.2f} exhausted (${float(row['cost_usd']):.2f})"
+        return ""
+
+    async def conclude_early(self, conn: asyncpg.Connection, investigation_id: uuid.UUID, reason: str) -> None:
+        """A budget ran out: open steps are superseded and the investigation goes straight to REPORT
+        with INCONCLUSIVE and the reason, then completes."""
+        investigation = await conn.fetchrow("SELECT * FROM investigations WHERE id = $1", investigation_id)
+        await conn.execute(
+            "UPDATE investigation_steps SET status = 'superseded' WHERE investigation_id = $1"
+            " AND status IN ('pending', 'dispatched', 'running')",
+            investigation_id,
+        )
+        await self.event(conn, investigation_id, "budget", "running", investigation["phase"], f"stopped: {reason}")
+        findings = {
+            "verdict": "INCONCLUSIVE",
+            "confidence": 0.0,
+            "summary": f"The investigation stopped during {investigation['phase']}: {reason}. No verdict was reached.",
+            "remediation": {
+                "class": "investigate",
+                "steps": ["Raise the budget or narrow the question, then run it again."],
+            },
+            "problems": [reason],
+        }
+        await conn.execute("UPDATE investigations SET phase = 'report' WHERE id = $1", investigation_id)
+        await self.write_report(conn, investigation, findings)
+        await _deliver(self, conn, investigation)
 
     async def cancel(self, investigation_id: uuid.UUID, reason: str, by: str) -> str:
         """Cancel a queued or running investigation; returns its status before. Its open steps are
@@ -322,6 +388,15 @@ class Engine:
                 await _outbox(conn, stream, investigation, MESSAGE_TYPE_REQUESTED, event.SerializeToString(), 0.0)
                 await self.event(conn, investigation["id"], "redriven", "queued", "intake", "request announced again")
                 announced += 1
+            late = await conn.fetch(
+                "SELECT id FROM investigations WHERE status = 'running' AND deadline_at < now() LIMIT 500"
+            )
+            for row in late:
+                locked = await conn.fetchrow("SELECT id FROM investigations WHERE id = $1 FOR UPDATE", row["id"])
+                reason = await self._breach(conn, locked["id"]) if locked else ""
+                if reason:
+                    await self.conclude_early(conn, locked["id"], reason)
+                    announced += 1
             steps = await conn.fetch(
                 "SELECT s.*, i.mode, i.priority FROM investigation_steps s JOIN investigations i"
                 " ON i.id = s.investigation_id WHERE i.status = 'running' AND s.status IN ('dispatched', 'running')"
@@ -456,14 +531,18 @@ class Engine:
 
     # -- report -----------------------------------------------------------------------------
 
-    async def write_report(self, conn: asyncpg.Connection, investigation: asyncpg.Record) -> None:
-        """Render the RECOMMEND step's findings; store Markdown and HTML in S3 and the report row."""
-        row = await conn.fetchrow(
-            "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = 'recommend'"
-            " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
-            investigation["id"],
-        )
-        findings = _json(row["output"]) if row else {}
+    async def write_report(
+        self, conn: asyncpg.Connection, investigation: asyncpg.Record, findings: Mapping[str, Any] | None = None
+    ) -> None:
+        """Render the findings (by default the RECOMMEND step's); store Markdown and HTML in S3 and
+        the report row."""
+        if findings is None:
+            row = await conn.fetchrow(
+                "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = 'recommend'"
+                " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
+                investigation["id"],
+            )
+            findings = _json(row["output"]) if row else {}
         record = {"id": str(investigation["id"]), "ticket_id": investigation["ticket_id"]}
         markdown = render_markdown(record, findings)
         prefix = f"reports/{investigation['id']}"

@@ -32,3 +32,8 @@ class OrchestratorSettings(
     # without a result must be before it is announced again (after Redis lost its streams).
     reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     reconcile_stale_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # Budgets of one investigation (a request's own budget values take precedence); on breach it
+    # goes straight to REPORT with INCONCLUSIVE and the reason.
+    investigation_deadline_seconds: float = Field(default=1800.0, gt=0, le=86_400)
+    investigation_max_tool_calls: int = Field(default=1000, ge=1)
+    investigation_max_cost_usd: float = Field(default=5.0, ge=0)
