@@ -130,15 +130,18 @@ class StreamBus:
         handler: Handler[M],
         reclaim_idle_ms: int = 60_000,
         max_deliveries: int = 5,
+        concurrency: int = 1,
     ) -> None:
-        """Consume `stream` in `group` as `consumer`, plus a reaper for abandoned messages."""
+        """Consume `stream` in `group` as `consumer`, plus a reaper for abandoned messages;
+        `concurrency` messages are handled at the same time."""
         if self._started:
             raise RuntimeError("subscribe before start")
         sub = _Subscription(self.name(stream), group, consumer, message_type, handler, reclaim_idle_ms, max_deliveries)
         self._subscriptions.append(sub)  # type: ignore[arg-type]
         on_message = self._wrap(sub)
         self.broker.subscriber(
-            stream=StreamSub(sub.stream, group=group, consumer=consumer, polling_interval=self._polling_ms)
+            stream=StreamSub(sub.stream, group=group, consumer=consumer, polling_interval=self._polling_ms),
+            max_workers=concurrency,
         )(on_message)
         self.broker.subscriber(
             stream=StreamSub(

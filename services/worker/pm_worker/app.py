@@ -58,6 +58,7 @@ async def build(settings: WorkerSettings, ctx: BuildContext) -> AsyncIterator[Se
             worker_id=settings.worker_id or new_worker_id(),
             reclaim_idle_ms=settings.step_reclaim_idle_ms,
             max_deliveries=settings.step_max_deliveries,
+            concurrency=settings.steps_per_worker,
         )
         executor.subscribe()
         yield ServiceRuntime(registrations=[], probes=probes, background=[bus.run])

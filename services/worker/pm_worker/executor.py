@@ -65,6 +65,7 @@ class StepExecutor:
         reclaim_idle_ms: int = 60_000,
         max_deliveries: int = 5,
         tool_timeout_seconds: float = 60.0,
+        concurrency: int = 1,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -73,6 +74,7 @@ class StepExecutor:
         self._reclaim_idle_ms = reclaim_idle_ms
         self._max_deliveries = max_deliveries
         self._tool_timeout = tool_timeout_seconds
+        self._concurrency = concurrency
 
     def subscribe(self) -> None:
         self._bus.subscribe(
@@ -83,6 +85,7 @@ class StepExecutor:
             handler=self.handle,
             reclaim_idle_ms=self._reclaim_idle_ms,
             max_deliveries=self._max_deliveries,
+            concurrency=self._concurrency,
         )
 
     async def handle(self, task: events_pb2.AgentTask, delivery: Delivery) -> None:
