@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 import bench
+import benchengine
 import demo
 import edge
 import evaluate
@@ -43,6 +44,9 @@ usage: ./pm <command>
   bench intake [--seconds N] [--concurrency 1,8,32] [--ingest-replicas N] [--keep]
                         intake throughput and latency through Envoy (wrk) on a fresh stack of its
                         own in .stack/bench/; checks that every 2xx became one row and one entry
+  bench engine [--investigations N] [--concurrency 1,8,32] [--keep]
+                        whole investigations (rule reasoner, demo incident) through Envoy on a fresh
+                        stack of its own; investigations per minute, submit-to-verdict p50/p99, PSS
   eval <folder> [--json FILE] [--keep]
                         the rule reasoner on every case of a RootCauseBench-layout folder, through
                         the registry and the sandbox on a stack of its own (.stack/eval/); prints
@@ -107,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", add_help=False).set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", add_help=False)
-    bench.add_argument("suite", choices=("intake",))
+    bench.add_argument("suite", choices=("intake", "engine"))
+    bench.add_argument("--investigations", type=int, default=20)
     bench.add_argument("--seconds", type=float, default=10.0)
     bench.add_argument("--concurrency", default="1,8,32")
     bench.add_argument("--keep", action="store_true")
@@ -177,6 +182,12 @@ def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not 1 <= args.seconds <= 120:
         raise StackError("--seconds must be between 1 and 120")
     levels = bench.parse_concurrencies(args.concurrency)
+    if args.suite == "engine":
+        if not 1 <= args.investigations <= 1000:
+            raise StackError("--investigations must be between 1 and 1000")
+        return benchengine.bench_engine(
+            environ, investigations=args.investigations, concurrencies=levels, keep=args.keep
+        )
     return bench.bench_intake(
         environ, seconds=args.seconds, concurrencies=levels, keep=args.keep, ingest_replicas=args.ingest_replicas
     )
