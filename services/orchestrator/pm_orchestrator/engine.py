@@ -300,7 +300,9 @@ class Engine:
         step_id = uuid.uuid4()
         iteration = int(investigation["hypothesis_iteration"]) or 1
         task_id = f"{investigation['id']}:{phase}:{role}:{iteration}:{attempt}"
-        inputs = {"state_uris": list(states)}
+        # The domain names the registry server whose tools the steps prefer (e.g. one sandbox per
+        # benchmark case); without a server of that name, any server offering a capability serves.
+        inputs = {"state_uris": list(states), "server": str(investigation["domain"] or "")}
         await conn.execute(
             "INSERT INTO investigation_steps (id, investigation_id, phase, agent_role, iteration, attempt, status,"
             " task_id, reasoner, input, dispatched_at) VALUES ($1, $2, $3, $4, $5, $6, 'dispatched', $7, 'rule', $8,"

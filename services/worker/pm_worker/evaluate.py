@@ -1,8 +1,10 @@
-"""Run the rule reasoner over benchmark cases through a running registry and score it.
+"""Run benchmark cases as whole investigations through the public API and score their reports.
 
-`PEX_MODULE=pm_worker.evaluate python dist/pm-worker.pex --registry HOST:PORT --json OUT CASE...`
-(`./pm eval <folder>` starts the stack, the sandbox servers and this). Each case is served by
-the registry server named `server_name(case)`; tool calls go through CallTool like any agent's.
+`PEX_MODULE=pm_worker.evaluate python dist/pm-worker.pex --api URL --api-key KEY --json OUT CASE...`
+(`./pm eval <folder>` starts the stack, one sandbox server per case, and this). Each case is
+submitted as a ticket whose domain is the case's server name, so its steps take their tools from
+that server; the investigation runs like any other (orchestrator, workers, registry), and its
+report is scored against the case's ground_truth.json, which the sandbox never serves.
 """
 
 # ruff: noqa: T201 -- a command-line front end: printing is its output.
@@ -10,24 +12,19 @@ the registry server named `server_name(case)`; tool calls go through CallTool li
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from pm.registry.v1 import registry_pb2, registry_pb2_grpc
-from pm_worker.rules.reasoner import RuleReasoner
 from pm_worker.rules.scoring import CaseScore, failed_case, score_case, summary, table
-from pm_worker.rules.toolbox import RegistryToolBox
 
-ROLE = "investigator"
-CONNECT_TIMEOUT_SECONDS = 120.0
+TIMEOUT_SECONDS = 300.0
 
 
 def server_name(case: Path) -> str:
@@ -35,55 +32,97 @@ def server_name(case: Path) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", case.name.lower()).strip("-")[:63] or "case"
 
 
-async def _wait_connected(stub: Any, names: set[str]) -> None:
-    deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
-    while True:
-        reply = await stub.ListServers(registry_pb2.ListServersRequest(), timeout=10)
-        ready = {s.name for s in reply.servers if s.tool_count > 0}
-        if names <= ready:
-            return
-        if time.monotonic() > deadline:
-            missing = {s.name: s.last_error for s in reply.servers if s.name in names - ready}
-            raise RuntimeError(f"registry servers not connected: {missing}")
-        await asyncio.sleep(0.5)
+class Api:
+    """The REST API with an API key (stdlib only: this runs from the worker's pex)."""
+
+    def __init__(self, base: str, api_key: str) -> None:
+        self._base = base.rstrip("/")
+        self._key = api_key
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self._base}{path}", data=data, method=method)
+        request.add_header("x-api-key", self._key)
+        if data is not None:
+            request.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # - the operator's URL
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            try:
+                return error.code, json.loads(error.read() or b"{}")
+            except ValueError:
+                return error.code, {}
 
 
-async def run_case(channel: grpc.aio.Channel, case: Path) -> tuple[CaseScore, dict[str, Any]]:
+def findings_of(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the scorer compares, read from a report of the API."""
+    culprit = report.get("culprit_change") or {}
+    verdict = str(report.get("verdict", ""))
+    commit = str(culprit.get("ref", "")) if culprit.get("kind") == "commit" else ""
+    recommendations = report.get("recommendations") or []
+    return {
+        "verdict": verdict,
+        "confidence": float(report.get("confidence", 0.0)),
+        "root_cause_commit": commit if commit and verdict in ("ROOT_CAUSE", "PROBABLE_CAUSE") else "none",
+        "first_failing_service": report.get("first_failing_service", ""),
+        "blast_radius": list(report.get("blast_radius") or []),
+        "remediation": {"class": recommendations[0].get("action", "") if recommendations else ""},
+    }
+
+
+def run_case(api: Api, case: Path, run_id: str) -> tuple[CaseScore, dict[str, Any]]:
     truth = json.loads((case / "ground_truth.json").read_text())
-    tools = RegistryToolBox(channel, agent_role=ROLE, server=server_name(case), phase="eval")
     started = time.monotonic()
-    try:
-        findings = await RuleReasoner(tools).investigate()
-    except Exception as exc:  # noqa: BLE001 - one broken case must not end the run; it scores zero
-        return failed_case(case.name, truth, f"{type(exc).__name__}: {exc}", time.monotonic() - started), {}
-    return score_case(case.name, findings, truth, seconds=time.monotonic() - started, tool_calls=tools.calls), findings
+    status, reply = api.call(
+        "POST",
+        "/api/v1/investigate",
+        {"ticket_id": f"EVAL-{run_id}-{server_name(case)}"[:200], "domain": server_name(case)},
+    )
+    if status != 202:
+        return failed_case(case.name, truth, f"submit answered {status}: {reply}", time.monotonic() - started), {}
+    investigation_id = str(reply["investigation_id"])
+    investigation: dict[str, Any] = {}
+    while time.monotonic() - started < TIMEOUT_SECONDS:
+        status, investigation = api.call("GET", f"/api/v1/investigations/{investigation_id}")
+        if status == 200 and investigation.get("status") in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    if investigation.get("status") != "completed":
+        ended = investigation.get("status", "unfinished")
+        problem = f"investigation {investigation_id} ended {ended}: {investigation.get('error', '')}"
+        return failed_case(case.name, truth, problem, time.monotonic() - started), {}
+    status, report = api.call("GET", f"/api/v1/investigations/{investigation_id}/report")
+    if status != 200:
+        return failed_case(case.name, truth, f"report answered {status}", time.monotonic() - started), {}
+    found = findings_of(report)
+    tool_calls = int((investigation.get("usage") or {}).get("tool_calls", 0))
+    score = score_case(case.name, found, truth, seconds=time.monotonic() - started, tool_calls=tool_calls)
+    return score, {**found, "investigation_id": investigation_id, "summary": report.get("summary", "")}
 
 
-async def evaluate(registry: str, cases: Sequence[Path], output: Path | None) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(registry) as channel:
-        stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
-        await _wait_connected(stub, {server_name(c) for c in cases})
-        scores: list[CaseScore] = []
-        findings: dict[str, Any] = {}
-        for case in cases:
-            score, found = await run_case(channel, case)
-            scores.append(score)
-            findings[case.name] = found
-            print(
-                f"  {case.name}: {score.verdict or 'ERROR'} {score.found_commit[:12]} ({score.seconds:.1f}s)",
-                flush=True,
-            )
-    result: dict[str, Any] = {"reasoner": "rule", "summary": summary(scores), "findings": findings}
+def evaluate(api: Api, cases: Sequence[Path], output: Path | None) -> dict[str, Any]:
+    run_id = str(int(time.time()))
+    scores: list[CaseScore] = []
+    findings: dict[str, Any] = {}
+    for case in cases:
+        score, found = run_case(api, case, run_id)
+        scores.append(score)
+        findings[case.name] = found
+        print(
+            f"  {case.name}: {score.verdict or 'ERROR'} {score.found_commit[:12]} ({score.seconds:.1f}s) {score.error}",
+            flush=True,
+        )
+    result: dict[str, Any] = {"reasoner": "rule", "pipeline": "full", "summary": summary(scores), "findings": findings}
+    overall = result["summary"]
     print()
     print(table(scores))
-    overall = result["summary"]
     print()
     print(
         f"root cause: {overall['root_cause_accuracy']}  on 'none' cases: {overall['none_case_accuracy']}  "
         f"first failing service: {overall['first_failing_service_accuracy']}  "
         f"blast radius (Jaccard): {overall['blast_radius_jaccard_mean']}  "
-        f"remediation: {overall['remediation_accuracy']}  "
-        f"mean time per case: {overall['seconds_per_case_mean']}s"
+        f"remediation: {overall['remediation_accuracy']}  mean time per case: {overall['seconds_per_case_mean']}s"
     )
     if output is not None:
         output.write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -93,11 +132,12 @@ async def evaluate(registry: str, cases: Sequence[Path], output: Path | None) ->
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pm-eval", description=__doc__)
-    parser.add_argument("--registry", required=True, help="the registry's gRPC address")
+    parser.add_argument("--api", required=True, help="the REST API's base URL (Envoy)")
+    parser.add_argument("--api-key", required=True)
     parser.add_argument("--json", type=Path, help="write the scores and findings here")
     parser.add_argument("cases", nargs="+", type=Path, help="case folders (RootCauseBench layout)")
     args = parser.parse_args(argv)
-    result = asyncio.run(evaluate(args.registry, args.cases, args.json))
+    result = evaluate(Api(args.api, args.api_key), args.cases, args.json)
     sys.exit(1 if result["summary"]["failed_cases"] else 0)
 
 

@@ -105,19 +105,20 @@ class StepExecutor:
             worker_id=self.worker_id,
             trace_context=dict(task.trace_context),
         )
-        tools = RegistryToolBox(
-            self._registry,
-            agent_role=task.agent_role,
-            investigation_id=task.investigation_id,
-            step_id=task.step_id,
-            agent_name=f"rule:{task.agent_role}",
-            phase=types_pb2.Phase.Name(task.phase),
-            timeout_seconds=self._tool_timeout,
-        )
         try:
             if task.reasoner not in ("", "rule"):
                 raise StepInputError(f"reasoner {task.reasoner!r} is not available on this worker")
             inputs = json_format.MessageToDict(task.input) if task.HasField("input") else {}
+            tools = RegistryToolBox(
+                self._registry,
+                agent_role=task.agent_role,
+                investigation_id=task.investigation_id,
+                step_id=task.step_id,
+                agent_name=f"rule:{task.agent_role}",
+                phase=types_pb2.Phase.Name(task.phase),
+                server=str(inputs.get("server", "")),
+                timeout_seconds=self._tool_timeout,
+            )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
             state, output = await run_role(tools, task.agent_role, states)
             prefix = step_prefix(task)

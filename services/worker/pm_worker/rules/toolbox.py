@@ -93,6 +93,9 @@ class RegistryToolBox:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and self._server:
+                self._server = ""  # no server of that name: any server offering the capability
+                return await self._list(capability, role)
             raise Unavailable(f"registry: {exc.code().name}: {exc.details()}") from None
         return sorted(reply.tools, key=lambda t: (t.server, t.name))
 
