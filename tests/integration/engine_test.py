@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,12 @@ class Stack:
 
 @asynccontextmanager
 async def _engine(
-    tmp_path: Path, servers: str, *, connected: bool = True, redis_url: str = "", **extra: str
+    tmp_path: Path,
+    servers: str,
+    *,
+    connected: bool = True,
+    redis_url: str = "",
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     env = stack_env()
     config = tmp_path / "servers.yaml"
@@ -60,7 +65,7 @@ async def _engine(
             await apply_migrations(dsn)
             registry_port = free_port()
             base = env.service_environ(database_url=dsn, bucket=bucket, registry_addr=f"127.0.0.1:{registry_port}")
-            base |= {"REDIS_URL": redis_url or env.redis_url, **extra}
+            base |= {"REDIS_URL": redis_url or env.redis_url, **(settings or {})}
             registry_env = {**base, "GRPC_LISTEN": f"127.0.0.1:{registry_port}", "MCP_SERVERS_FILE": str(config)}
             orchestrator_env = {**base, "API_KEYS": API_KEY, "OUTBOX_POLL_SECONDS": "0.2"}
             db = await asyncpg.connect(dsn)
@@ -310,9 +315,11 @@ async def test_after_redis_loses_everything_the_reconciler_redrives_every_open_i
             tmp_path,
             registry_config(SCENARIO, delay_ms=150),
             redis_url=redis_server.url,
-            RECONCILE_INTERVAL_SECONDS="1",
-            RECONCILE_STALE_SECONDS="4",
-            STEP_RECLAIM_IDLE_MS="2000",
+            settings={
+                "RECONCILE_INTERVAL_SECONDS": "1",
+                "RECONCILE_STALE_SECONDS": "4",
+                "STEP_RECLAIM_IDLE_MS": "2000",
+            },
         ) as stack,
     ):
         running = await _submit(stack, "SHOP-13")
@@ -369,7 +376,7 @@ async def test_after_redis_loses_everything_the_reconciler_redrives_every_open_i
 async def test_a_breached_budget_goes_straight_to_an_inconclusive_report(
     tmp_path: Path, settings: dict[str, str], reason: str
 ) -> None:
-    async with _engine(tmp_path, registry_config(SCENARIO, delay_ms=100), **settings) as stack:
+    async with _engine(tmp_path, registry_config(SCENARIO, delay_ms=100), settings=settings) as stack:
         investigation_id = await _submit(stack, "SHOP-15")
         row = await _until_done(stack, investigation_id, timeout=60)
         assert row["status"] == "completed", row["error"]
