@@ -10,6 +10,8 @@ the query API.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -403,3 +405,76 @@ async def test_a_breached_budget_goes_straight_to_an_inconclusive_report(
                 "SELECT phase FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
             )
         }
+
+
+class _Receiver:
+    """A callback endpoint on loopback: answers 500 to the first request, 200 after."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append((headers, body))
+        status = "500 Internal Server Error" if len(self.requests) == 1 else "200 OK"
+        writer.write(f"HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hooks/pm"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_the_callback_gets_one_signed_post_retried_until_accepted(tmp_path: Path) -> None:
+    receiver = _Receiver()
+    secret = "callback-secret-for-tests"
+    async with (
+        receiver as url,
+        _engine(tmp_path, registry_config(SCENARIO), settings={"CALLBACK_SIGNING_SECRET": secret}) as stack,
+    ):
+        investigation_id = str(uuid.uuid4())
+        await stack.db.execute(
+            "INSERT INTO investigations (id, ticket_id, callback_url) VALUES ($1::uuid, 'SHOP-16', $2)",
+            investigation_id,
+            url,
+        )
+        message = events_pb2.InvestigationRequested(event_id=str(uuid.uuid4()), investigation_id=investigation_id)
+        await stack.bus.publish(STREAM_INVESTIGATIONS, message, message_id=message.event_id)
+        await _until_done(stack, investigation_id)
+        async with asyncio.timeout(30):
+            while (
+                await stack.db.fetchval(
+                    "SELECT status FROM deliveries WHERE investigation_id = $1::uuid", investigation_id
+                )
+                != "delivered"
+            ):
+                await asyncio.sleep(0.1)
+        delivery = await stack.db.fetchrow(
+            "SELECT * FROM deliveries WHERE investigation_id = $1::uuid", investigation_id
+        )
+        assert (delivery["attempts"], delivery["response_status"]) == (2, 200)
+        assert len(receiver.requests) == 2
+        # Both attempts carry the same idempotency key; the body is the predecessor's, signed.
+        keys = {headers["idempotency-key"] for headers, _ in receiver.requests}
+        assert keys == {str(delivery["id"])}
+        headers, body = receiver.requests[-1]
+        expected = hmac.new(secret.encode(), headers["x-pm-timestamp"].encode() + b"." + body, hashlib.sha256)
+        assert headers["x-pm-signature"] == f"sha256={expected.hexdigest()}"
+        sent = json.loads(body)
+        assert sent["investigation_id"] == investigation_id
+        assert (sent["status"], sent["verdict"]) == ("completed", "ROOT_CAUSE")
+        assert sent["report_url"] == f"/api/v1/investigations/{investigation_id}/report"
+        # Delivered once: nothing more is sent.
+        await asyncio.sleep(2)
+        assert len(receiver.requests) == 2

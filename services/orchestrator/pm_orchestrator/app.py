@@ -10,6 +10,7 @@ from pm.events.v1 import events_pb2
 from pm_auth import open_api_access
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec
+from pm_orchestrator.delivery import CallbackSender
 from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import registrations
 from pm_orchestrator.queries import InvestigationQueries
@@ -80,6 +81,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             background=[
                 bus.run,
                 relay.run,
+                CallbackSender(pool, source, max_attempts=settings.callback_max_attempts).run,
                 partial(engine.run_reconciler, settings.reconcile_interval_seconds, settings.reconcile_stale_seconds),
             ],
         )

@@ -74,6 +74,7 @@ async def _report(engine: Engine, conn: asyncpg.Connection, investigation: async
 
 
 async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyncpg.Record) -> str | None:
+    await record_callback(conn, investigation)
     await conn.execute(
         "UPDATE investigations SET status = 'completed', phase = 'deliver', completed_at = now(), updated_at = now()"
         " WHERE id = $1",
@@ -81,6 +82,18 @@ async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyn
     )
     await engine.event(conn, investigation["id"], "completed", "completed", "deliver", "investigation completed")
     return None
+
+
+async def record_callback(conn: asyncpg.Connection, investigation: Mapping[str, Any]) -> None:
+    """The investigation's callback, once per URL, sent after commit by the delivery loop."""
+    if investigation["callback_url"]:
+        await conn.execute(
+            "INSERT INTO deliveries (id, investigation_id, target, target_ref) VALUES ($1, $2, 'callback', $3)"
+            " ON CONFLICT (investigation_id, target, target_ref) DO NOTHING",
+            uuid.uuid4(),
+            investigation["id"],
+            investigation["callback_url"],
+        )
 
 
 PHASES: Mapping[str, AgentPhase | OrchestratorPhase] = {
@@ -530,6 +543,7 @@ class Engine:
             reason,
         )
         await self.event(conn, investigation["id"], "failed", "failed", investigation["phase"], reason)
+        await record_callback(conn, investigation)
 
     # -- report -----------------------------------------------------------------------------
 

@@ -37,3 +37,5 @@ class OrchestratorSettings(
     investigation_deadline_seconds: float = Field(default=1800.0, gt=0, le=86_400)
     investigation_max_tool_calls: int = Field(default=1000, ge=1)
     investigation_max_cost_usd: float = Field(default=5.0, ge=0)
+    # Attempts of a callback delivery before it is given up (docs/engine.md).
+    callback_max_attempts: int = Field(default=5, ge=1, le=20)
