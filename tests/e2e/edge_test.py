@@ -67,6 +67,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
 # The orchestrator's reads and cancel are served: without credentials they answer 401 themselves.
 SERVED_READS = {
     "/pm.investigation.v1.InvestigationService/CancelInvestigation",
+    "/pm.investigation.v1.InvestigationService/WatchInvestigation",
     "/pm.investigation.v1.InvestigationService/GetInvestigation",
     "/pm.investigation.v1.InvestigationService/ListInvestigations",
     "/pm.investigation.v1.InvestigationService/GetReport",

@@ -121,9 +121,18 @@ async def _until_done(stack: Stack, investigation_id: str, timeout: float = 90) 
 AUTH = (("x-api-key", API_KEY),)
 
 
+async def _watch(stack: Stack, investigation_id: str, after: int = 0) -> list[Any]:
+    request = investigation_pb2.WatchInvestigationRequest(id=investigation_id, after_sequence=after)
+    return [event async for event in stack.queries.WatchInvestigation(request, metadata=AUTH, timeout=120)]
+
+
 async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> None:
     investigation_id = await _submit(stack, "SHOP-9")
+    # A watcher from the start sees every event live and the stream ends with the investigation.
+    watching = asyncio.create_task(_watch(stack, investigation_id))
     row = await _until_done(stack, investigation_id)
+    async with asyncio.timeout(30):
+        watched = await watching
     assert row["status"] == "completed", row["error"]
     assert row["phase"] == "deliver"
     # The scenario's answer (ground_truth.json, never served to the investigation).
@@ -147,6 +156,9 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
     assert [e["phase"] for e in events if e["kind"] == "phase"] == PHASES
     assert events[-1]["kind"] == "completed"
+    assert [(e.sequence, e.kind, e.phase) for e in watched] == [(e["sequence"], e["kind"], e["phase"]) for e in events]
+    resumed = await _watch(stack, investigation_id, after=len(events) - 2)
+    assert [e.sequence for e in resumed] == [len(events) - 1, len(events)]
 
     # The report: in PostgreSQL, in the bucket (Markdown and HTML), through the query API.
     report = await stack.queries.GetReport(

@@ -1,4 +1,5 @@
-"""The investigation query API: get, list, report and cancel, authenticated and rate-limited like intake.
+"""The investigation query API: get, list, report, watch and cancel, authenticated and rate-limited
+like intake.
 
 Errors are the predecessor's: 401 without valid credentials, 429 over the query limit, 404
 {"error": "Investigation not found"} and, while running, 404 {"error": "Report not yet
@@ -7,9 +8,10 @@ available", "investigation_status": ...}.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,9 @@ from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLi
 from pm_errors import InvalidArgument, NotFound
 from pm_grpc.http import Context
 from pm_orchestrator.engine import Engine
+
+# How often a watcher looks for new events while nothing happens.
+WATCH_POLL_SECONDS = 0.25
 
 _COLUMNS = """id, ticket_id, domain, mode, status, phase, requested_by, trigger_source, created_at, updated_at,
 completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration, input_tokens,
@@ -129,6 +134,49 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
             data=[to_proto(r) for r in rows],
             pagination=types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit)),
         )
+
+    async def WatchInvestigation(
+        self, request: investigation_pb2.WatchInvestigationRequest, context: Context
+    ) -> AsyncIterator[investigation_pb2.InvestigationEvent]:
+        """The events after `after_sequence`, then new ones as they happen, until the investigation ends."""
+        await self._caller(context)
+        investigation_id = _id(request.id)
+        if request.after_sequence < 0:
+            raise InvalidArgument("Validation failed", details={"details": [
+                {"path": ["after_sequence"], "message": "must not be negative", "code": "too_small"}
+            ]})  # fmt: skip
+        after = request.after_sequence
+        while True:
+            status = await self._pool.fetchval("SELECT status FROM investigations WHERE id = $1", investigation_id)
+            if status is None:
+                raise NotFound("Investigation not found", details={"id": request.id})
+            rows = await self._pool.fetch(
+                "SELECT id, sequence, occurred_at, kind, status, phase, message, detail FROM investigation_events"
+                " WHERE investigation_id = $1 AND sequence > $2 ORDER BY sequence LIMIT 500",
+                investigation_id,
+                after,
+            )
+            for row in rows:
+                event = investigation_pb2.InvestigationEvent(
+                    event_id=str(row["id"]),
+                    investigation_id=str(investigation_id),
+                    sequence=row["sequence"],
+                    kind=row["kind"],
+                    status=row["status"] or "",
+                    phase=row["phase"] or "",
+                    message=row["message"],
+                )
+                event.occurred_at.FromDatetime(row["occurred_at"])
+                detail = _json(row["detail"])
+                if detail:
+                    event.detail.update(detail)
+                yield event
+                after = row["sequence"]
+            # Ended, and everything up to the end was sent (the last event is written with the status).
+            if status in ("completed", "failed", "cancelled") and not rows:
+                return
+            if not rows:
+                await asyncio.sleep(WATCH_POLL_SECONDS)
 
     async def CancelInvestigation(
         self, request: investigation_pb2.CancelInvestigationRequest, context: Context
