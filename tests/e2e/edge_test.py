@@ -68,6 +68,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
 SERVED_READS = {
     "/pm.investigation.v1.InvestigationService/CancelInvestigation",
     "/pm.investigation.v1.InvestigationService/WatchInvestigation",
+    "/pm.investigation.v1.InvestigationService/GetBundle",
     "/pm.investigation.v1.InvestigationService/GetInvestigation",
     "/pm.investigation.v1.InvestigationService/ListInvestigations",
     "/pm.investigation.v1.InvestigationService/GetReport",

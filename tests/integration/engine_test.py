@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -157,6 +159,17 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     assert [e["phase"] for e in events if e["kind"] == "phase"] == PHASES
     assert events[-1]["kind"] == "completed"
     assert [(e.sequence, e.kind, e.phase) for e in watched] == [(e["sequence"], e["kind"], e["phase"]) for e in events]
+    bundle = await stack.queries.GetBundle(
+        investigation_pb2.GetBundleRequest(id=investigation_id), metadata=AUTH, timeout=10
+    )
+    assert bundle.content_type == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
+        assert {"metadata.json", "report.md", "report.json", "phases.json", "agent_runs.json", "hypotheses.json",
+                "tool_calls.json", "events.json"} <= set(archive.namelist())  # fmt: skip
+        assert json.loads(archive.read("metadata.json"))["id"] == investigation_id
+        assert len(json.loads(archive.read("phases.json"))) == 8
+        assert len(json.loads(archive.read("tool_calls.json"))) == row["tool_calls"]
+        assert archive.read("report.md").decode().startswith("# Investigation SHOP-9")
     resumed = await _watch(stack, investigation_id, after=len(events) - 2)
     assert [e.sequence for e in resumed] == [len(events) - 1, len(events)]
 

@@ -1,5 +1,5 @@
-"""The investigation query API: get, list, report, watch and cancel, authenticated and rate-limited
-like intake.
+"""The investigation query API: get, list, report, bundle, watch and cancel, authenticated and
+rate-limited like intake.
 
 Errors are the predecessor's: 401 without valid credentials, 429 over the query limit, 404
 {"error": "Investigation not found"} and, while running, 404 {"error": "Report not yet
@@ -9,17 +9,21 @@ available", "investigation_status": ...}.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncpg
+from google.api import httpbody_pb2
 
 from pm.common.v1 import types_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
 from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
 from pm_errors import InvalidArgument, NotFound
+from pm_grpc import set_http_status
 from pm_grpc.http import Context
 from pm_orchestrator.engine import Engine
 
@@ -74,6 +78,26 @@ def to_proto(row: Mapping[str, Any]) -> investigation_pb2.Investigation:
     if row["batch_id"] is not None:
         message.batch_id = str(row["batch_id"])
     return message
+
+
+def _dump(value: Any) -> str:
+    """JSON for the bundle: jsonb columns decoded, times ISO 8601, UUIDs and decimals as text."""
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [plain(v) for v in item]
+        if isinstance(item, str) and item[:1] in "[{":
+            try:
+                return json.loads(item)
+            except ValueError:
+                return item
+        if isinstance(item, bytes):
+            return f"<{len(item)} bytes>"
+        return item
+
+    return json.dumps(plain(value), indent=2, sort_keys=True, default=str)
 
 
 def _json(value: Any) -> Any:
@@ -134,6 +158,42 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
             data=[to_proto(r) for r in rows],
             pagination=types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit)),
         )
+
+    async def GetBundle(self, request: investigation_pb2.GetBundleRequest, context: Context) -> httpbody_pb2.HttpBody:
+        """A zip of everything recorded about the investigation (application/zip attachment)."""
+        await self._caller(context)
+        investigation_id = _id(request.id)
+        investigation = await self._pool.fetchrow("SELECT * FROM investigations WHERE id = $1", investigation_id)
+        if investigation is None:
+            raise NotFound("Investigation not found", details={"id": request.id})
+        tables = {
+            "phases.json": "SELECT * FROM investigation_steps WHERE investigation_id = $1 ORDER BY created_at",
+            "agent_runs.json": "SELECT * FROM agent_runs WHERE investigation_id = $1 ORDER BY completed_at",
+            "hypotheses.json": "SELECT * FROM hypotheses WHERE investigation_id = $1 ORDER BY iteration, ordinal",
+            "tool_calls.json": "SELECT * FROM mcp_tool_calls WHERE investigation_id = $1 ORDER BY created_at",
+            "events.json": "SELECT * FROM investigation_events WHERE investigation_id = $1 ORDER BY sequence",
+            "deliveries.json": "SELECT * FROM deliveries WHERE investigation_id = $1 ORDER BY created_at",
+        }
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+            bundle.writestr("metadata.json", _dump(dict(investigation)))
+            for name, query in tables.items():
+                bundle.writestr(name, _dump([dict(r) for r in await self._pool.fetch(query, investigation_id)]))
+            report = await self._pool.fetchrow(
+                "SELECT * FROM reports WHERE investigation_id = $1 ORDER BY created_at DESC LIMIT 1", investigation_id
+            )
+            if report is not None:
+                bundle.writestr("report.md", report["markdown"])
+                bundle.writestr("report.json", _dump({k: v for k, v in dict(report).items() if k != "markdown"}))
+            if investigation["domain"]:
+                domain = await self._pool.fetchrow(
+                    "SELECT * FROM domain_configs WHERE name = $1", investigation["domain"]
+                )
+                if domain is not None:
+                    bundle.writestr("domain_config.json", _dump(dict(domain)))
+        filename = f"investigation-{investigation_id}.zip"
+        set_http_status(context, 200, headers={"content-disposition": f'attachment; filename="{filename}"'})
+        return httpbody_pb2.HttpBody(content_type="application/zip", data=buffer.getvalue())
 
     async def WatchInvestigation(
         self, request: investigation_pb2.WatchInvestigationRequest, context: Context

@@ -23,13 +23,15 @@ async def test_orchestrator_is_ready_when_its_dependencies_answer() -> None:
                 )
                 assert readiness.status == "ready"
                 assert set(readiness.checks) == {"database", "redis", "object_store", "vault"}
-                # Reads and cancel are served (and need credentials); the bundle arrives with a later slice.
+                # The query API is served (and needs credentials); similar-incident search arrives with issue 8.
                 stub = investigation_pb2_grpc.InvestigationServiceStub(channel)
                 with pytest.raises(grpc.aio.AioRpcError) as anonymous:
                     await stub.GetInvestigation(investigation_pb2.GetInvestigationRequest(id="x"), timeout=5)
                 assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.GetBundle(investigation_pb2.GetBundleRequest(id="x"), timeout=5)
+                    await stub.FindSimilarInvestigations(
+                        investigation_pb2.FindSimilarInvestigationsRequest(id="x"), timeout=5
+                    )
                 assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

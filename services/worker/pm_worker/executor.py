@@ -125,7 +125,7 @@ class StepExecutor:
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}
             output_ref = await self._put_json(f"{prefix}/output.json", output)
-            call_ids = sorted({c for ids in state.get("calls", {}).values() for c in ids})
+            call_ids = sorted(set(tools.call_ids))  # only the calls this step made
             trace = {
                 "task_id": task.task_id,
                 "role": task.agent_role,

@@ -393,6 +393,7 @@ class RuleReasoner:
         for candidate in case.candidates:
             if candidate.kind == "commit":
                 answer = await self._tools.call("changes.diff", {"sha": candidate.ref})
+                case.cite("diffs", answer)
                 candidate.call_ids.append(answer.call_id)
                 candidate.facts = analyse_diff(str(answer.data.get("diff", "")), candidate.files)
         frequency: dict[str, int] = {}

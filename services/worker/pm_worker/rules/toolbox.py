@@ -12,6 +12,7 @@ from google.protobuf import json_format, struct_pb2
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_errors import Unavailable
+from pm_grpc import HTTP_BODY_KEY
 
 
 class InvestigationEnded(Exception):
@@ -72,6 +73,8 @@ class RegistryToolBox:
         self._timeout = timeout_seconds
         self._routes: dict[str, Route | None] = {}
         self.calls = 0
+        # The mcp_tool_calls ids of every call made through this toolbox (denials and outages included).
+        self.call_ids: list[str] = []
 
     async def route(self, capability: str) -> Route | None:
         """The tool this role may call for `capability` (on the preferred server when set).
@@ -121,6 +124,7 @@ class RegistryToolBox:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            self._note_call_id(exc)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 # The investigation ended (cancelled): the step stops here.
                 raise InvestigationEnded(exc.details() or "the investigation has ended") from None
@@ -128,9 +132,22 @@ class RegistryToolBox:
                 # The server is down or its circuit is open: the step fails and is retried.
                 raise Unavailable(f"{capability} via {route.server}/{route.tool}: {exc.details()}") from None
             return Answer("", capability, route.tool, error=f"{exc.code().name}: {exc.details()}")
+        if reply.call_id:
+            self.call_ids.append(reply.call_id)
         if reply.outcome != registry_pb2.CALL_OUTCOME_OK:
             return Answer(reply.call_id, capability, route.tool, error=reply.error_message or "tool error")
         return Answer(reply.call_id, capability, route.tool, data=_payload(reply), truncated=reply.truncated)
+
+    def _note_call_id(self, exc: grpc.aio.AioRpcError) -> None:
+        """Refusals recorded by the registry (denied, unavailable) carry their call id in the body."""
+        body = dict(exc.trailing_metadata() or ()).get(HTTP_BODY_KEY)
+        if isinstance(body, str):
+            try:
+                call_id = json.loads(body).get("call_id")
+            except (ValueError, AttributeError):
+                return
+            if call_id:
+                self.call_ids.append(str(call_id))
 
 
 def _payload(reply: Any) -> dict[str, Any]:
