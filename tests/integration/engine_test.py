@@ -159,10 +159,13 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     assert [e["phase"] for e in events if e["kind"] == "phase"] == PHASES
     assert events[-1]["kind"] == "completed"
     assert [(e.sequence, e.kind, e.phase) for e in watched] == [(e["sequence"], e["kind"], e["phase"]) for e in events]
-    bundle = await stack.queries.GetBundle(
+    bundle_call = stack.queries.GetBundle(
         investigation_pb2.GetBundleRequest(id=investigation_id), metadata=AUTH, timeout=10
     )
+    bundle = await bundle_call
     assert bundle.content_type == "application/zip"
+    disposition = dict(await bundle_call.initial_metadata() or ())["content-disposition"]
+    assert disposition == f'attachment; filename="investigation-{investigation_id}.zip"'
     with zipfile.ZipFile(io.BytesIO(bundle.data)) as archive:
         assert {"metadata.json", "report.md", "report.json", "phases.json", "agent_runs.json", "hypotheses.json",
                 "tool_calls.json", "events.json"} <= set(archive.namelist())  # fmt: skip

@@ -23,7 +23,6 @@ from pm.common.v1 import types_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
 from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
 from pm_errors import InvalidArgument, NotFound
-from pm_grpc import set_http_status
 from pm_grpc.http import Context
 from pm_orchestrator.engine import Engine
 
@@ -192,7 +191,9 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
                 if domain is not None:
                     bundle.writestr("domain_config.json", _dump(dict(domain)))
         filename = f"investigation-{investigation_id}.zip"
-        set_http_status(context, 200, headers={"content-disposition": f'attachment; filename="{filename}"'})
+        # Initial metadata becomes a response header through Envoy (trailers of a complete
+        # response are not merged into the headers).
+        await context.send_initial_metadata((("content-disposition", f'attachment; filename="{filename}"'),))
         return httpbody_pb2.HttpBody(content_type="application/zip", data=buffer.getvalue())
 
     async def WatchInvestigation(
