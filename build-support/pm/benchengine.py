@@ -15,13 +15,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
 
+import restapi
 import stack
 from bench import _RssSampler
 from profiles import REPO_ROOT, Profile
@@ -46,28 +44,15 @@ class EngineRun:
     peak_pss_mb: dict[str, float]
 
 
-def _call(method: str, url: str, body: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("x-api-key", API_KEY)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # - a loopback URL we built
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, {}
-
-
 def _one(base: str, ticket: str) -> tuple[float, str]:
     """Submit one ticket and follow it; (seconds from submit to the end, final status or error)."""
     started = time.monotonic()
-    status, reply = _call("POST", f"{base}/investigate", {"ticket_id": ticket})
+    status, reply = restapi.call("POST", f"{base}/investigate", API_KEY, {"ticket_id": ticket})
     if status != 202:
         return time.monotonic() - started, f"submit answered {status}"
     investigation_id = reply["investigation_id"]
     while time.monotonic() - started < TIMEOUT_SECONDS:
-        status, investigation = _call("GET", f"{base}/investigations/{investigation_id}")
+        status, investigation = restapi.call("GET", f"{base}/investigations/{investigation_id}", API_KEY)
         if status == 200 and investigation.get("status") in ("completed", "failed", "cancelled"):
             outcome = investigation["status"]
             if outcome == "completed" and investigation.get("verdict") != "ROOT_CAUSE":

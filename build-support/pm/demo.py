@@ -10,13 +10,11 @@ the confidence and where the report is. Exits 0 when the investigation completed
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+import restapi
 import sandboxconfig
 import stack
 from localsecrets import load_or_create
@@ -24,23 +22,6 @@ from profiles import REPO_ROOT, StackError, load_profile
 
 TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.5
-
-
-def _request(method: str, url: str, api_key: str, body: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("x-api-key", api_key)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # - a loopback URL we built
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        payload = error.read()
-        try:
-            return error.code, json.loads(payload or b"{}")
-        except ValueError:
-            return error.code, {"error": payload.decode(errors="replace")[:200]}
 
 
 def run_demo(environ: Mapping[str, str]) -> int:
@@ -56,7 +37,7 @@ def run_demo(environ: Mapping[str, str]) -> int:
     else:
         print("pm: no LLM key (ANTHROPIC_API_KEY / OPENAI_API_KEY): the rule reasoner investigates, no LLM involved")
     ticket = f"DEMO-{int(time.time())}"
-    status, reply = _request("POST", f"{base}/investigate", api_key, {"ticket_id": ticket, "mode": "balanced"})
+    status, reply = restapi.call("POST", f"{base}/investigate", api_key, {"ticket_id": ticket, "mode": "balanced"})
     if status != 202:
         raise StackError(f"POST {base}/investigate answered {status}: {reply}")
     investigation_id = str(reply["investigation_id"])
@@ -66,7 +47,7 @@ def run_demo(environ: Mapping[str, str]) -> int:
     if investigation.get("status") != "completed":
         print(f"pm: the investigation ended {investigation.get('status')}: {investigation.get('error', '')}")
         return 1
-    status, report = _request("GET", f"{base}/investigations/{investigation_id}/report", api_key)
+    status, report = restapi.call("GET", f"{base}/investigations/{investigation_id}/report", api_key)
     if status != 200:
         raise StackError(f"GET report answered {status}: {report}")
     local = profile.dir / "reports" / f"{investigation_id}.md"
@@ -84,7 +65,7 @@ def _follow(base: str, api_key: str, investigation_id: str) -> dict[str, Any]:
     started = time.monotonic()
     seen = ""
     while time.monotonic() - started < TIMEOUT_SECONDS:
-        status, investigation = _request("GET", f"{base}/investigations/{investigation_id}", api_key)
+        status, investigation = restapi.call("GET", f"{base}/investigations/{investigation_id}", api_key)
         if status != 200:
             raise StackError(f"GET {base}/investigations/{investigation_id} answered {status}: {investigation}")
         now = f"{investigation.get('status')}/{investigation.get('phase')}"
