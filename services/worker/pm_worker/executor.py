@@ -149,6 +149,12 @@ class StepExecutor:
             # The registry, the object store or a dependency failed: a retry may succeed.
             result.status = events_pb2.STEP_STATUS_FAILED
             result.error = f"{type(exc).__name__}: {exc}"[:2000]
+        except Exception as exc:  # a defect in a step must end as a result, not as a lost task
+            # Reported as a failed attempt, so the orchestrator retries and then fails the
+            # investigation with the reason, instead of the task bouncing to the dead letters.
+            log.exception("step %s raised", task.agent_role, extra={"investigation_id": task.investigation_id})
+            result.status = events_pb2.STEP_STATUS_FAILED
+            result.error = f"internal error in step {task.agent_role}: {type(exc).__name__}: {exc}"[:2000]
         result.duration_ms = int((time.monotonic() - started) * 1000)
         result.finished_at.FromDatetime(datetime.now(UTC))
         log.info(
