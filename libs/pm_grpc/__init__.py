@@ -11,7 +11,7 @@
 
 from pm_grpc.client import open_channel
 from pm_grpc.errors import ErrorMappingInterceptor, abort_with
-from pm_grpc.http import HTTP_BODY_KEY, HTTP_STATUS_KEY, set_http_status
+from pm_grpc.http import HTTP_BODY_KEY, HTTP_STATUS_KEY, request_headers, set_http_status
 from pm_grpc.ops import OpsServicer, Probe
 from pm_grpc.runtime import BuildContext, ServiceRuntime, ServiceSpec, run_service, service_main
 from pm_grpc.server import GrpcServer, ServiceRegistration
@@ -31,5 +31,6 @@ __all__ = [
     "open_channel",
     "run_service",
     "service_main",
+    "request_headers",
     "set_http_status",
 ]

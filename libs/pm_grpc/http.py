@@ -16,6 +16,16 @@ import grpc
 # A servicer context of any request/response types.
 Context = grpc.aio.ServicerContext[Any, Any]
 
+
+def request_headers(context: Context) -> dict[str, str]:
+    """Lower-cased text metadata (the HTTP headers of a transcoded REST request)."""
+    headers: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            headers[key.lower()] = value
+    return headers
+
+
 HTTP_STATUS_KEY = "x-pm-http-status"
 HTTP_BODY_KEY = "x-pm-http-body"
 

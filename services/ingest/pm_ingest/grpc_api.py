@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from pm.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from pm_auth import CATEGORY_INVESTIGATION, AuthProvider, RateLimiter, rate_limited_error
 from pm_errors import NotFound, PmError
-from pm_grpc import set_http_status
+from pm_grpc import request_headers, set_http_status
 from pm_grpc.http import Context
 from pm_ingest.bodies import InvestigateBatchBody, InvestigateBody, parse_body, parse_json_object, validation_failed
 from pm_ingest.intake import Caller, Reply, Submissions, check_callback_host, request_digest
@@ -25,15 +25,6 @@ from pm_ingest.webhooks import HANDLERS, Inbound, Webhooks
 from pm_streams.outbox import OutboxRelay
 
 R = TypeVar("R", bound=Message)
-
-
-def request_headers(context: Context) -> dict[str, str]:
-    """Lower-cased text metadata (the HTTP headers of a transcoded REST request)."""
-    headers: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            headers[key.lower()] = value
-    return headers
 
 
 def remote_addr(headers: Mapping[str, str], context: Context) -> str | None:

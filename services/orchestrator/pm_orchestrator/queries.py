@@ -23,6 +23,7 @@ from pm.common.v1 import types_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
 from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
 from pm_errors import InvalidArgument, NotFound
+from pm_grpc import request_headers
 from pm_grpc.http import Context
 from pm_orchestrator.engine import Engine
 
@@ -32,10 +33,6 @@ WATCH_POLL_SECONDS = 0.25
 _COLUMNS = """id, ticket_id, domain, mode, status, phase, requested_by, trigger_source, created_at, updated_at,
 completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration, input_tokens,
 output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, tool_calls"""
-
-
-def headers_of(context: Context) -> dict[str, str]:
-    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
 def _id(value: str) -> uuid.UUID:
@@ -113,7 +110,7 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
         self._engine = engine
 
     async def _caller(self, context: Context, category: str = CATEGORY_QUERY) -> str:
-        identity = await self._auth.authenticate(headers_of(context))
+        identity = await self._auth.authenticate(request_headers(context))
         decision = await self._limiter.hit(identity.subject, category)
         if not decision.allowed:
             raise rate_limited_error(decision)

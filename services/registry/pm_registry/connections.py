@@ -63,7 +63,6 @@ class ServerConnection:
         self.tools: dict[str, mcp_types.Tool] = {}
         self.last_error = ""
         self.last_success_at: datetime | None = None
-        self.connected = asyncio.Event()
         self._suspect = asyncio.Event()
         self._first_attempt_done = asyncio.Event()
         self._down_logged = False
@@ -107,7 +106,6 @@ class ServerConnection:
                 self._session = session
                 self.last_error = ""
                 self.last_success_at = datetime.now(UTC)
-                self.connected.set()
                 self._first_attempt_done.set()
                 log.info("mcp server %s connected", self.name, extra={"server": self.name, "tools": len(self.tools)})
                 missing = sorted(set(self.config.tools) - set(self.tools))
@@ -122,7 +120,6 @@ class ServerConnection:
                 await self._watch(session)
         finally:
             self._session = None
-            self.connected.clear()
             self._first_attempt_done.set()
 
     async def _watch(self, session: ClientSession) -> None:

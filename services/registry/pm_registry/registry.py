@@ -466,8 +466,3 @@ class Registry:
             error_message=record.error_message or "",
             attempts=record.attempts,
         )
-
-    # -- background -------------------------------------------------------------------------
-
-    def connections(self) -> list[ServerConnection]:
-        return [s.connection for s in self._servers.values()]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -819,12 +819,3 @@ def _timeline(case: Case) -> list[dict[str, str]]:
     if case.fired_at:
         events.append((case.fired_at, f"alert fired: {case.alert.get('summary', '')}"))
     return [{"at": iso(at), "event": text} for at, text in sorted(events, key=lambda e: e[0])]
-
-
-def summarize_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Error messages by count (for reports)."""
-    counts: dict[str, int] = {}
-    for error in errors:
-        message = str(error.get("msg", ""))[:160]
-        counts[message] = counts.get(message, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
