@@ -58,7 +58,7 @@ def evaluate(folder: str, environ: Mapping[str, str], *, output: str | None, kee
     out = Path(output) if output else REPO_ROOT / ".stack" / "eval-results.json"
     try:
         command = [python, str(pexservices.DIST / "pm-worker.pex"), "--api", f"http://{profile.address('envoy')}",
-                   "--api-key", API_KEY, "--json", str(out), *(str(c) for c in cases)]  # fmt: skip
+                   "--api-key", API_KEY, "--json", str(out), *(f"{server_name(c)}={c}" for c in cases)]  # fmt: skip
         result = subprocess.run(command, env={**base_environ(environ), "PEX_MODULE": "pm_worker.evaluate"}, check=False)
     finally:
         if not keep:

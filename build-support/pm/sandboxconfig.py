@@ -14,7 +14,9 @@ from profiles import REPO_ROOT
 DEMO_SCENARIO = REPO_ROOT / "services" / "sandbox" / "scenarios" / "payments-retry-storm"
 SANDBOX_PEX = REPO_ROOT / "dist" / "pm-sandbox.pex"
 
-# The sandbox's tools and the capability each provides (docs/sandbox.md, docs/registry.md).
+# The sandbox's tools and the capability each provides, and the rule reasoner's roles: copies of
+# pm_sandbox.server.TOOL_CAPABILITIES and pm_worker.rules.steps.ROLE_CAPABILITIES, because ./pm
+# runs in its own environment without the services' packages.
 SANDBOX_TOOLS = {
     "get_alert": "alerts.get",
     "search_logs": "logs.search",
@@ -28,7 +30,7 @@ SANDBOX_TOOLS = {
     "get_ticket": "tickets.get",
     "search_messages": "comms.search",
 }
-# The rule reasoner's roles (docs/reasoning.md) and `investigator`, which may read everything.
+# `investigator` may read everything.
 ROLES = {
     "triage": ["alerts.get", "metrics.query"],
     "gather.logs": ["logs.search", "logs.patterns"],
@@ -47,7 +49,7 @@ def demo_scenario(environ: Mapping[str, str]) -> Path:
 
 
 def server_name(case: Path) -> str:
-    """A case folder's server name: its name, lower-case, safe characters only (as pm_worker.evaluate)."""
+    """A case folder's server name: its name, lower-case, safe characters only."""
     return re.sub(r"[^a-z0-9_-]+", "-", case.name.lower()).strip("-")[:63] or "case"
 
 

@@ -25,6 +25,7 @@ from pm_db import apply_migrations
 from pm_grpc import HTTP_BODY_KEY
 from pm_registry.app import SPEC
 from pm_sandbox.fixture import COMMITS, write_snapshot
+from pm_sandbox.server import TOOL_CAPABILITIES
 from pm_secrets import VaultSecretSource
 from pm_testing import free_port, fresh_database, running_service, stack_env, wait_for
 
@@ -32,19 +33,7 @@ ACCESS_HEADER = "X-MCP-Access-Key"
 ACCESS_KEY = "mcp-test-key-0123456789"
 LEAKED_TOKEN = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
 
-TOOLS = {
-    "get_alert": ["alerts.get"],
-    "search_logs": ["logs.search"],
-    "query_metrics": ["metrics.query"],
-    "search_traces": ["traces.search"],
-    "log_patterns": ["logs.patterns"],
-    "list_deploys": ["changes.deploys"],
-    "list_commits": ["changes.commits"],
-    "get_commit": ["changes.diff"],
-    "flag_changes": ["flags.changes"],
-    "get_ticket": ["tickets.get"],
-    "search_messages": ["comms.search"],
-}
+TOOLS = {tool: [capability] for tool, capability in TOOL_CAPABILITIES.items()}
 ALL_READ = sorted({c for caps in TOOLS.values() for c in caps})
 
 

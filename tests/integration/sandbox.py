@@ -14,38 +14,25 @@ from typing import Any
 import grpc
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_sandbox.server import TOOL_CAPABILITIES
 from pm_testing import free_port, wait_for
+from pm_worker.rules.steps import ROLE_CAPABILITIES
 
 # The server runs as a plain `python -m pm_sandbox`: it gets this process's import path.
 CHILD_PYTHONPATH = os.pathsep.join(p for p in sys.path if p)
 
 
-CAPABILITIES = {
-    "get_alert": "alerts.get",
-    "search_logs": "logs.search",
-    "query_metrics": "metrics.query",
-    "search_traces": "traces.search",
-    "log_patterns": "logs.patterns",
-    "list_deploys": "changes.deploys",
-    "list_commits": "changes.commits",
-    "get_commit": "changes.diff",
-    "flag_changes": "flags.changes",
-}
+# The rule reasoner's roles, and `investigator`, which may read everything.
 ROLES = {
-    "triage": ["alerts.get", "metrics.query"],
-    "gather.logs": ["logs.search", "logs.patterns"],
-    "gather.metrics": ["metrics.query"],
-    "gather.traces": ["traces.search"],
-    "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
-    "verify": ["changes.diff"],
-    "investigator": sorted(CAPABILITIES.values()),
+    **{role: list(caps) for role, caps in ROLE_CAPABILITIES.items()},
+    "investigator": sorted(set(TOOL_CAPABILITIES.values())),
 }
 
 
 def registry_config(data: Path, *, delay_ms: int = 0) -> str:
     """A registry servers file: one stdio sandbox serving `data` (each call `delay_ms` late), and
     the rule reasoner's roles."""
-    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in CAPABILITIES.items())
+    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in TOOL_CAPABILITIES.items())
     roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
     return (
         "servers:\n  - name: sandbox\n    transport: stdio\n"

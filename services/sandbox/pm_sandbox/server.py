@@ -18,19 +18,21 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from pm_sandbox.data import Incident, QueryError
 
-TOOL_NAMES = (
-    "get_alert",
-    "search_logs",
-    "query_metrics",
-    "search_traces",
-    "log_patterns",
-    "list_deploys",
-    "list_commits",
-    "get_commit",
-    "flag_changes",
-    "get_ticket",
-    "search_messages",
-)
+# Each tool and the capability it provides (docs/registry.md): what a registry servers file maps.
+TOOL_CAPABILITIES = {
+    "get_alert": "alerts.get",
+    "search_logs": "logs.search",
+    "query_metrics": "metrics.query",
+    "search_traces": "traces.search",
+    "log_patterns": "logs.patterns",
+    "list_deploys": "changes.deploys",
+    "list_commits": "changes.commits",
+    "get_commit": "changes.diff",
+    "flag_changes": "flags.changes",
+    "get_ticket": "tickets.get",
+    "search_messages": "comms.search",
+}
+TOOL_NAMES = tuple(TOOL_CAPABILITIES)
 
 
 def _as_tool(query: Callable[..., dict[str, Any]], delay_seconds: float) -> Callable[..., Any]:

@@ -1,9 +1,9 @@
 """Run benchmark cases as whole investigations through the public API and score their reports.
 
-`PEX_MODULE=pm_worker.evaluate python dist/pm-worker.pex --api URL --api-key KEY --json OUT CASE...`
+`PEX_MODULE=pm_worker.evaluate python dist/pm-worker.pex --api URL --api-key KEY --json OUT SERVER=CASE...`
 (`./pm eval <folder>` starts the stack, one sandbox server per case, and this). Each case is
-submitted as a ticket whose domain is the case's server name, so its steps take their tools from
-that server; the investigation runs like any other (orchestrator, workers, registry), and its
+submitted as a ticket whose domain is the registry server serving it, so its steps take their
+tools from that server; the investigation runs like any other (orchestrator, workers, registry), and its
 report is scored against the case's ground_truth.json, which the sandbox never serves.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 import urllib.error
@@ -27,9 +26,12 @@ from pm_worker.rules.scoring import CaseScore, failed_case, score_case, summary,
 TIMEOUT_SECONDS = 300.0
 
 
-def server_name(case: Path) -> str:
-    """The registry server name of a case folder: its name, lower-case, safe characters only."""
-    return re.sub(r"[^a-z0-9_-]+", "-", case.name.lower()).strip("-")[:63] or "case"
+def parse_case(value: str) -> tuple[str, Path]:
+    """`SERVER=FOLDER`: the registry server that serves the case folder."""
+    server, sep, folder = value.partition("=")
+    if not sep or not server or not folder:
+        raise argparse.ArgumentTypeError(f"expected SERVER=FOLDER, got {value!r}")
+    return server, Path(folder)
 
 
 class Api:
@@ -71,13 +73,13 @@ def findings_of(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_case(api: Api, case: Path, run_id: str) -> tuple[CaseScore, dict[str, Any]]:
+def run_case(api: Api, server: str, case: Path, run_id: str) -> tuple[CaseScore, dict[str, Any]]:
     truth = json.loads((case / "ground_truth.json").read_text())
     started = time.monotonic()
     status, reply = api.call(
         "POST",
         "/api/v1/investigate",
-        {"ticket_id": f"EVAL-{run_id}-{server_name(case)}"[:200], "domain": server_name(case)},
+        {"ticket_id": f"EVAL-{run_id}-{server}"[:200], "domain": server},
     )
     if status != 202:
         return failed_case(case.name, truth, f"submit answered {status}: {reply}", time.monotonic() - started), {}
@@ -101,12 +103,12 @@ def run_case(api: Api, case: Path, run_id: str) -> tuple[CaseScore, dict[str, An
     return score, {**found, "investigation_id": investigation_id, "summary": report.get("summary", "")}
 
 
-def evaluate(api: Api, cases: Sequence[Path], output: Path | None) -> dict[str, Any]:
+def evaluate(api: Api, cases: Sequence[tuple[str, Path]], output: Path | None) -> dict[str, Any]:
     run_id = str(int(time.time()))
     scores: list[CaseScore] = []
     findings: dict[str, Any] = {}
-    for case in cases:
-        score, found = run_case(api, case, run_id)
+    for server, case in cases:
+        score, found = run_case(api, server, case, run_id)
         scores.append(score)
         findings[case.name] = found
         print(
@@ -135,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--api", required=True, help="the REST API's base URL (Envoy)")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--json", type=Path, help="write the scores and findings here")
-    parser.add_argument("cases", nargs="+", type=Path, help="case folders (RootCauseBench layout)")
+    parser.add_argument(
+        "cases", nargs="+", type=parse_case, help="SERVER=FOLDER: a case folder (RootCauseBench layout) and its server"
+    )
     args = parser.parse_args(argv)
     result = evaluate(Api(args.api, args.api_key), args.cases, args.json)
     sys.exit(1 if result["summary"]["failed_cases"] else 0)

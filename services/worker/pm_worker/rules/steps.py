@@ -26,6 +26,15 @@ from pm_worker.rules.signals import Onset, iso, parse_time
 from pm_worker.rules.toolbox import ToolBox
 
 ROLES = ("triage", *(f"gather.{part}" for part in GATHER_PARTS), "hypothesize", "verify", "recommend")
+# The capabilities each role's tool calls need: what a registry's roles section must allow.
+ROLE_CAPABILITIES = {
+    "triage": ("alerts.get", "metrics.query"),
+    "gather.logs": ("logs.search", "logs.patterns"),
+    "gather.metrics": ("metrics.query",),
+    "gather.traces": ("traces.search",),
+    "gather.changes": ("changes.deploys", "changes.commits", "flags.changes"),
+    "verify": ("changes.diff",),
+}
 STATE_VERSION = 1
 
 
