@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import json
+import shutil
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Mapping
@@ -96,13 +97,19 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield running
 
 
-async def _submit(stack: Stack, ticket: str) -> str:
+MAX_ITERATIONS = {"fast": 1, "balanced": 3, "deep": 5}
+
+
+async def _submit(stack: Stack, ticket: str, mode: str = "balanced") -> str:
     """What intake does: the queued row, then InvestigationRequested on the stream."""
     investigation_id = str(uuid.uuid4())
     await stack.db.execute(
-        "INSERT INTO investigations (id, ticket_id, requested_by) VALUES ($1::uuid, $2, 'key:test')",
+        "INSERT INTO investigations (id, ticket_id, requested_by, mode, max_iterations)"
+        " VALUES ($1::uuid, $2, 'key:test', $3, $4)",
         investigation_id,
         ticket,
+        mode,
+        MAX_ITERATIONS[mode],
     )
     message = events_pb2.InvestigationRequested(
         event_id=str(uuid.uuid4()), investigation_id=investigation_id, ticket_id=ticket
@@ -294,6 +301,96 @@ async def test_a_step_that_keeps_failing_is_retried_then_fails_the_investigation
                 investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
             )
         assert early.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_step_that_keeps_failing_after_evidence_ends_in_a_partial_inconclusive_report(tmp_path: Path) -> None:
+    # No tool offers changes.diff: VERIFY fails on every attempt, after GATHER and HYPOTHESIZE
+    # found the failing service and the candidate changes.
+    servers = registry_config(SCENARIO, without={"changes.diff"})
+    async with _engine(tmp_path, servers) as stack:
+        investigation_id = await _submit(stack, "SHOP-12")
+        row = await _until_done(stack, investigation_id, timeout=90)
+        assert row["status"] == "completed", row["error"]
+        assert row["verdict"] == "INCONCLUSIVE"
+        assert "verify failed after 3 attempt(s)" in row["error"]
+        assert row["summary"].startswith("Partial report: step verify failed after 3 attempt(s)")
+        verify = await stack.db.fetch(
+            "SELECT attempt, status FROM investigation_steps WHERE investigation_id = $1::uuid AND phase = 'verify'"
+            " ORDER BY attempt",
+            investigation_id,
+        )
+        assert [(v["attempt"], v["status"]) for v in verify] == [(1, "failed"), (2, "failed"), (3, "failed")]
+        report = await stack.queries.GetReport(
+            investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+        )
+        assert report.verdict == "INCONCLUSIVE"
+        assert "> **Partial report.**" in report.markdown
+        # What the evidence showed before the failure is in the report.
+        assert report.first_failing_service == TRUTH["first_failing_service"]
+        assert set(report.blast_radius) == set(TRUTH["blast_radius"])
+        untested = await stack.db.fetch(
+            "SELECT candidate, status FROM hypotheses WHERE investigation_id = $1::uuid", investigation_id
+        )
+        assert untested
+        assert {h["status"] for h in untested} == {"open"}
+        kinds = [
+            e["kind"]
+            for e in await stack.db.fetch(
+                "SELECT kind FROM investigation_events WHERE investigation_id = $1::uuid ORDER BY sequence",
+                investigation_id,
+            )
+        ]
+        assert kinds.index("partial") < kinds.index("report") < kinds.index("completed")
+
+
+async def test_hypothesis_iterations_are_bounded_by_mode(tmp_path: Path) -> None:
+    # The scenario without its culprit: nothing verified settles it, so VERIFY asks for another
+    # iteration while candidates remain; one candidate is verified per iteration here.
+    data = tmp_path / "no-culprit"
+    shutil.copytree(SCENARIO, data)
+    for name in ("commits.json", "deploys.json"):
+        path = data / "data" / "context" / name
+        items = json.loads(path.read_text())
+        kept = [i for i in items if TRUTH["root_cause_commit"] not in (i.get("sha"), i.get("commit_sha"))]
+        assert len(kept) == len(items) - 1
+        path.write_text(json.dumps(kept))
+    settings = {"RULE_CANDIDATES_PER_ITERATION": "1"}
+    async with _engine(tmp_path, registry_config(data), settings=settings) as stack:
+        fast, deep = await _submit(stack, "SHOP-21", "fast"), await _submit(stack, "SHOP-22", "deep")
+        rows = {"fast": await _until_done(stack, fast), "deep": await _until_done(stack, deep)}
+        iterations: dict[str, list[tuple[str, int]]] = {}
+        for mode, investigation_id in (("fast", fast), ("deep", deep)):
+            assert rows[mode]["status"] == "completed", rows[mode]["error"]
+            steps = await stack.db.fetch(
+                "SELECT phase, iteration FROM investigation_steps WHERE investigation_id = $1::uuid"
+                " AND phase IN ('hypothesize', 'verify') AND status = 'succeeded' ORDER BY dispatched_at",
+                investigation_id,
+            )
+            iterations[mode] = [(s["phase"], s["iteration"]) for s in steps]
+        # fast: one iteration, and a candidate left untested, reported as such.
+        assert rows["fast"]["hypothesis_iteration"] == 1
+        assert iterations["fast"] == [("hypothesize", 1), ("verify", 1)]
+        fast_hypotheses = await stack.db.fetch(
+            "SELECT iteration, status FROM hypotheses WHERE investigation_id = $1::uuid", fast
+        )
+        assert "open" in {h["status"] for h in fast_hypotheses}
+        assert rows["fast"]["verdict"] == "INCONCLUSIVE"
+        assert "were not verified within 1 hypothesis iteration" in rows["fast"]["summary"]
+        # deep: HYPOTHESIZE ⇄ VERIFY again until every candidate was verified (within 5).
+        n = rows["deep"]["hypothesis_iteration"]
+        assert 1 < n <= 5
+        assert iterations["deep"] == [(phase, i) for i in range(1, n + 1) for phase in ("hypothesize", "verify")]
+        deep_hypotheses = await stack.db.fetch(
+            "SELECT iteration, status FROM hypotheses WHERE investigation_id = $1::uuid", deep
+        )
+        assert "open" not in {h["status"] for h in deep_hypotheses}
+        assert {h["iteration"] for h in deep_hypotheses} == set(range(1, n + 1))
+        messages = await stack.db.fetch(
+            "SELECT message FROM investigation_events WHERE investigation_id = $1::uuid AND phase = 'hypothesize'"
+            " AND kind = 'phase' ORDER BY sequence",
+            deep,
+        )
+        assert [m["message"] for m in messages][1].startswith("phase hypothesize started: hypothesis iteration 2 of 5")
 
 
 async def test_cancel_stops_a_running_investigation(tmp_path: Path) -> None:

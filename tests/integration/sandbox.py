@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,12 @@ ROLES = {
 }
 
 
-def registry_config(data: Path, *, delay_ms: int = 0) -> str:
+def registry_config(data: Path, *, delay_ms: int = 0, without: Collection[str] = ()) -> str:
     """A registry servers file: one stdio sandbox serving `data` (each call `delay_ms` late), and
-    the rule reasoner's roles."""
-    tools = "".join(f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in TOOL_CAPABILITIES.items())
+    the rule reasoner's roles; the tools of the capabilities `without` are left out."""
+    tools = "".join(
+        f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in TOOL_CAPABILITIES.items() if cap not in without
+    )
     roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
     return (
         "servers:\n  - name: sandbox\n    transport: stdio\n"

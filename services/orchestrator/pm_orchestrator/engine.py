@@ -1,6 +1,6 @@
 """The investigation state machine. PostgreSQL is its truth; streams only carry work.
 
-INTAKE → TRIAGE → GATHER (parallel agents) → HYPOTHESIZE → VERIFY → RECOMMEND → REPORT → DELIVER.
+INTAKE → TRIAGE → GATHER (parallel agents) → HYPOTHESIZE ⇄ VERIFY → RECOMMEND → REPORT → DELIVER.
 
 Phases are a table (`PHASES`): an agent phase names the roles it dispatches and the phase whose
 step outputs feed them; an orchestrator phase names its handler. Every transition of one
@@ -12,8 +12,14 @@ orchestrator replicas can consume side by side:
 - `AgentResult`: applied only while its step is open for that attempt (compare-and-set on
   status and attempt), so a redelivered or duplicate result changes nothing. A retryable
   failure gets a new attempt after a backoff; a permanent one, or too many attempts, ends the
-  investigation FAILED with the reason. When every step of the phase has succeeded, the next
-  phase starts; after RECOMMEND the report is rendered and stored, then DELIVER completes it.
+  investigation FAILED with the reason — unless evidence was already gathered: then RECOMMEND
+  runs on the latest states and the investigation ends with a partial report, INCONCLUSIVE,
+  naming the step that failed. When every step of the phase has succeeded, the next phase
+  starts; after RECOMMEND the report is rendered and stored, then DELIVER completes it.
+- HYPOTHESIZE ⇄ VERIFY: a VERIFY step whose output says `again` (nothing verified settles it
+  and untested candidates remain) sends the investigation back to HYPOTHESIZE with its state,
+  as long as the iterations stay within the investigation's `max_iterations` (1/3/5 for
+  fast/balanced/deep); `hypothesis_iteration` counts them.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ MESSAGE_TYPE_REQUESTED = "pm.events.v1.InvestigationRequested"
 RECONCILE_LOCK = 0x706D5F72_6563
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 2.0
+# Phases whose succeeded steps count as evidence for a partial report, latest first.
+EVIDENCE_PHASES = ("verify", "hypothesize", "gather")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,9 @@ class AgentPhase:
     # The phase whose succeeded steps' states feed these steps (None: the phase starts afresh).
     inputs_from: str | None
     next: str
+    # A phase whose step may ask for another hypothesis iteration (`again` in its output): the
+    # phase it loops back to, fed with this phase's states.
+    loop_to: str | None = None
 
 
 Handler = Callable[["Engine", asyncpg.Connection, asyncpg.Record], Awaitable[str | None]]
@@ -100,7 +111,7 @@ PHASES: Mapping[str, AgentPhase | OrchestratorPhase] = {
     "triage": AgentPhase(("triage",), None, "gather"),
     "gather": AgentPhase(("gather.logs", "gather.metrics", "gather.traces", "gather.changes"), "triage", "hypothesize"),
     "hypothesize": AgentPhase(("hypothesize",), "gather", "verify"),
-    "verify": AgentPhase(("verify",), "hypothesize", "recommend"),
+    "verify": AgentPhase(("verify",), "hypothesize", "recommend", loop_to="hypothesize"),
     "recommend": AgentPhase(("recommend",), "verify", "report"),
     "report": OrchestratorPhase(_report),
     "deliver": OrchestratorPhase(_deliver),
@@ -189,7 +200,7 @@ class Engine:
                 await self._retry(conn, investigation, step, result.error)
             else:
                 reason = f"step {step['agent_role']} failed after {step['attempt']} attempt(s): {result.error}"
-                await self._fail(conn, investigation, reason[:2000])
+                await self._give_up(conn, investigation, step, reason[:2000])
         self._notify()
 
     # -- budgets ----------------------------------------------------------------------------
@@ -274,25 +285,41 @@ class Engine:
             return None
         return await conn.fetchrow("SELECT * FROM investigations WHERE id = $1 FOR UPDATE", key)
 
-    async def _enter(self, conn: asyncpg.Connection, investigation: asyncpg.Record, phase: str | None) -> None:
-        """Start `phase` (and, for orchestrator phases, run on until an agent phase or the end)."""
+    async def _enter(
+        self,
+        conn: asyncpg.Connection,
+        investigation: asyncpg.Record,
+        phase: str | None,
+        states: Sequence[str] | None = None,
+        message: str = "",
+    ) -> None:
+        """Start `phase` (and, for orchestrator phases, run on until an agent phase or the end).
+        An agent phase's steps get `states`, by default those its `inputs_from` phase left."""
         while phase is not None:
-            await conn.execute(
-                "UPDATE investigations SET phase = $2, updated_at = now() WHERE id = $1", investigation["id"], phase
+            investigation = await conn.fetchrow(
+                "UPDATE investigations SET phase = $2, updated_at = now(), hypothesis_iteration ="
+                " CASE WHEN $2 = 'hypothesize' AND hypothesis_iteration = 0 THEN 1 ELSE hypothesis_iteration END"
+                " WHERE id = $1 RETURNING *",
+                investigation["id"],
+                phase,
             )
-            await self.event(conn, investigation["id"], "phase", "running", phase, f"phase {phase} started")
+            await self.event(conn, investigation["id"], "phase", "running", phase, message or f"phase {phase} started")
             spec = PHASES[phase]
             if isinstance(spec, AgentPhase):
-                states = await self._states(conn, investigation["id"], spec.inputs_from) if spec.inputs_from else []
+                if states is None:
+                    states = await self._states(conn, investigation["id"], spec.inputs_from) if spec.inputs_from else []
                 for role in spec.roles:
                     await self._dispatch(conn, investigation, phase, role, 1, states, delay=0.0)
                 return
-            investigation = await conn.fetchrow("SELECT * FROM investigations WHERE id = $1", investigation["id"])
             phase = await spec.handler(self, conn, investigation)
+            states, message = None, ""
 
     async def _states(self, conn: asyncpg.Connection, investigation_id: uuid.UUID, phase: str) -> list[str]:
+        """The states `phase`'s succeeded steps left, in its latest hypothesis iteration."""
         rows = await conn.fetch(
-            "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = $2 AND status = 'succeeded'"
+            "SELECT output FROM investigation_steps s WHERE investigation_id = $1 AND phase = $2"
+            " AND status = 'succeeded' AND iteration = (SELECT max(iteration) FROM investigation_steps"
+            "   WHERE investigation_id = $1 AND phase = $2 AND status = 'succeeded')"
             " ORDER BY agent_role",
             investigation_id,
             phase,
@@ -511,6 +538,21 @@ class Engine:
             return
         spec = PHASES[step["phase"]]
         assert isinstance(spec, AgentPhase)
+        output = _result_output(result)
+        iteration = int(investigation["hypothesis_iteration"])
+        if spec.loop_to and output.get("again") and iteration < int(investigation["max_iterations"]):
+            investigation = await conn.fetchrow(
+                "UPDATE investigations SET hypothesis_iteration = $2 WHERE id = $1 RETURNING *",
+                investigation["id"],
+                iteration + 1,
+            )
+            states = await self._states(conn, investigation["id"], step["phase"])
+            message = (
+                f"phase {spec.loop_to} started: hypothesis iteration {iteration + 1} of"
+                f" {investigation['max_iterations']} (iteration {iteration} settled nothing)"
+            )
+            await self._enter(conn, investigation, spec.loop_to, states, message)
+            return
         await self._enter(conn, investigation, spec.next)
 
     async def _retry(
@@ -529,6 +571,41 @@ class Engine:
         await self._dispatch(
             conn, investigation, step["phase"], step["agent_role"], step["attempt"] + 1, states, delay=delay
         )
+
+    async def _give_up(
+        self, conn: asyncpg.Connection, investigation: asyncpg.Record, step: asyncpg.Record, reason: str
+    ) -> None:
+        """A step failed for good. With evidence gathered already (and the step not RECOMMEND
+        itself), RECOMMEND runs on the latest states for a partial, INCONCLUSIVE report naming the
+        failure; otherwise the investigation fails with the reason."""
+        states: list[str] = []
+        if step["phase"] != "recommend":
+            for phase in EVIDENCE_PHASES:
+                states = [s for s in await self._states(conn, investigation["id"], phase) if s]
+                if states:
+                    break
+        if not states:
+            await self._fail(conn, investigation, reason)
+            return
+        await conn.execute(
+            "UPDATE investigation_steps SET status = 'cancelled' WHERE investigation_id = $1"
+            " AND status IN ('pending', 'dispatched', 'running')",
+            investigation["id"],
+        )
+        investigation = await conn.fetchrow(
+            "UPDATE investigations SET error = $2, updated_at = now() WHERE id = $1 RETURNING *",
+            investigation["id"],
+            reason,
+        )
+        await self.event(
+            conn,
+            investigation["id"],
+            "partial",
+            "running",
+            step["phase"],
+            f"{reason}; concluding from the evidence so far",
+        )
+        await self._enter(conn, investigation, "recommend", states, "phase recommend started: partial report")
 
     async def _fail(self, conn: asyncpg.Connection, investigation: asyncpg.Record, reason: str) -> None:
         await conn.execute(
@@ -559,6 +636,8 @@ class Engine:
                 investigation["id"],
             )
             findings = _json(row["output"]) if row else {}
+            if investigation["error"]:
+                findings = partial(findings, str(investigation["error"]))
         record = {"id": str(investigation["id"]), "ticket_id": investigation["ticket_id"]}
         markdown = render_markdown(record, findings)
         prefix = f"reports/{investigation['id']}"
@@ -603,13 +682,16 @@ class Engine:
             md_ref.version_id,
         )
         for ordinal, hypothesis in enumerate(findings.get("hypotheses") or [], start=1):
-            status = {"confirmed": "accepted", "supported": "accepted"}.get(hypothesis.get("status", ""), "rejected")
+            status = {"confirmed": "accepted", "supported": "accepted", "untested": "open"}.get(
+                hypothesis.get("status", ""), "rejected"
+            )
             await conn.execute(
                 "INSERT INTO hypotheses (id, investigation_id, iteration, ordinal, statement, candidate, confidence,"
-                " status, verdict, checks, rejection_reason) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10)"
+                " status, verdict, checks, rejection_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                 " ON CONFLICT (investigation_id, iteration, ordinal) DO NOTHING",
                 uuid.uuid4(),
                 investigation["id"],
+                int(hypothesis.get("iteration") or 1),
                 ordinal,
                 f"{hypothesis.get('kind', 'change')} {hypothesis.get('ref', '')}"
                 f" ({hypothesis.get('title', '')}) caused it",
@@ -672,6 +754,31 @@ async def _outbox(
         int(investigation["priority"]),
         delay,
     )
+
+
+def partial(findings: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The findings of an investigation a failed step cut short: INCONCLUSIVE whatever they
+    suggest, saying what failed and what they pointed to."""
+    suggested = str(findings.get("verdict") or "INCONCLUSIVE")
+    culprit = findings.get("culprit") or {}
+    pointed = (
+        f" The evidence so far points to {culprit.get('kind', 'change')} {str(culprit.get('ref', ''))[:12]}"
+        f" ({suggested}), unconfirmed."
+        if culprit and suggested != "INCONCLUSIVE"
+        else ""
+    )
+    return {
+        **findings,
+        "verdict": "INCONCLUSIVE",
+        "confidence": min(float(findings.get("confidence") or 0.0), 0.3),
+        "summary": f"Partial report: {reason}.{pointed} {findings.get('summary', '')}".strip(),
+        "partial": reason,
+        "problems": [reason, *(findings.get("problems") or [])],
+    }
+
+
+def _result_output(result: events_pb2.AgentResult) -> dict[str, Any]:
+    return json_format.MessageToDict(result.output) if result.HasField("output") else {}
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -37,8 +37,13 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
         f"# Investigation {investigation.get('ticket_id', '')}",
         "",
         f"**Verdict:** {verdict} · **Confidence:** {confidence:.0%}"
-        f" · **Investigation:** `{investigation.get('id', '')}`",
+        f" · **Investigation:** `{investigation.get('id', '')}`"
+        + (f" · **Hypothesis iterations:** {findings['iterations']}" if findings.get("iterations") else ""),
         "",
+    ]
+    if findings.get("partial"):
+        lines += [f"> **Partial report.** The investigation was cut short: {findings['partial']}.", ""]
+    lines += [
         "## Summary",
         "",
         str(findings.get("summary", "")),
@@ -69,6 +74,13 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
             f" at {culprit.get('at', '?')}: {culprit.get('title', '')}",
             "",
         ]
+    elif findings.get("unverified_candidates"):
+        signal = findings.get("operational_signal") or ""
+        lines += [
+            f"No verified change explains this; {findings['unverified_candidates']} candidate change(s) were not"
+            " verified." + (f" Operational signal: {signal}." if signal else ""),
+            "",
+        ]
     else:
         signal = findings.get("operational_signal") or ""
         lines += [
@@ -81,7 +93,13 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
     lines += ["", "## Evidence", ""]
     for item in findings.get("evidence") or []:
         lines.append(f"- {item.get('claim', '')} {_cite(item.get('call_ids') or [])}".rstrip())
-    lines += ["", "## Hypotheses", "", "| change | service | score | status | why |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Hypotheses",
+        "",
+        "| change | service | iteration | score | status | why |",
+        "|---|---|---|---|---|---|",
+    ]
     for hypothesis in findings.get("hypotheses") or []:
         status = hypothesis.get("status", "")
         why = {"confirmed": "every check passed", "supported": "best supported; not every check passed"}.get(
@@ -89,7 +107,8 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
         )
         lines.append(
             f"| `{_cell(_short(hypothesis))}` {_cell(hypothesis.get('title', ''))} "
-            f"| {_cell(hypothesis.get('service', ''))} | {hypothesis.get('score', 0)} "
+            f"| {_cell(hypothesis.get('service', ''))} | {hypothesis.get('iteration') or '-'}"
+            f" | {hypothesis.get('score', 0)} "
             f"| {_cell(hypothesis.get('status', ''))} | {_cell(why)} |"
         )
     lines += ["", "### Checks of the leading hypotheses", ""]

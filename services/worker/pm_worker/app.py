@@ -59,6 +59,7 @@ async def build(settings: WorkerSettings, ctx: BuildContext) -> AsyncIterator[Se
             reclaim_idle_ms=settings.step_reclaim_idle_ms,
             max_deliveries=settings.step_max_deliveries,
             concurrency=settings.steps_per_worker,
+            candidates_per_iteration=settings.rule_candidates_per_iteration,
         )
         executor.subscribe()
         yield ServiceRuntime(registrations=[], probes=probes, background=[bus.run])

@@ -32,6 +32,7 @@ from pm.events.v1 import events_pb2
 from pm_errors import NotFound, PmError
 from pm_storage import ObjectStore
 from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
+from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION
 from pm_worker.rules.steps import StepInputError, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 
@@ -66,6 +67,7 @@ class StepExecutor:
         max_deliveries: int = 5,
         tool_timeout_seconds: float = 60.0,
         concurrency: int = 1,
+        candidates_per_iteration: int = CANDIDATES_PER_ITERATION,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -75,6 +77,7 @@ class StepExecutor:
         self._max_deliveries = max_deliveries
         self._tool_timeout = tool_timeout_seconds
         self._concurrency = concurrency
+        self._per_iteration = candidates_per_iteration
 
     def subscribe(self) -> None:
         self._bus.subscribe(
@@ -120,7 +123,7 @@ class StepExecutor:
                 timeout_seconds=self._tool_timeout,
             )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
-            state, output = await run_role(tools, task.agent_role, states)
+            state, output = await run_role(tools, task.agent_role, states, per_iteration=self._per_iteration)
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}

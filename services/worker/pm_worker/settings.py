@@ -18,3 +18,6 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     step_reclaim_idle_ms: int = Field(default=60_000, ge=1_000, le=3_600_000)
     # Deliveries of one task before it is dead-lettered.
     step_max_deliveries: int = Field(default=5, ge=1, le=50)
+    # Candidate changes the rule reasoner verifies per HYPOTHESIZE ⇄ VERIFY iteration (one diff
+    # each); the rest wait for the next iteration, and iterations are bounded by mode (1/3/5).
+    rule_candidates_per_iteration: int = Field(default=4, ge=1, le=50)

@@ -9,7 +9,11 @@ Phases (each a method, so the orchestrator can run them as separate steps):
   a tie), the blast radius (services departing after it), and candidate changes: every commit
   that went out with a deploy before the onset (a deploy ships the commits since that service's
   previous deploy that touch the service or shared code) plus flag changes.
-- verify: per candidate, checks with evidence — timing, location, fault signature (names, paths
+- hypothesize also ranks the candidates (a failing stack frame in a changed file, then the
+  location, then closeness to the onset) and proposes the first few for verification; when
+  verification does not settle it, the next HYPOTHESIZE proposes the next few (one iteration
+  each; the orchestrator bounds the iterations by mode, 1/3/5 for fast/balanced/deep).
+- verify: per proposed candidate, checks with evidence — timing, location, fault signature (names, paths
   and numbers from the errors found in the change), mechanism (the kind of change matches the
   kind of symptom), substance (not only styles, tests, docs or comments), still deployed.
 - conclude: ROOT_CAUSE only when every check of the best candidate passes and it clearly beats
@@ -30,6 +34,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pm_worker.rules.signals import (
+    COSMETIC_FILES as _COSMETIC_FILES,
+)
+from pm_worker.rules.signals import (
     DiffFacts,
     Onset,
     analyse_diff,
@@ -46,10 +53,15 @@ from pm_worker.rules.toolbox import Answer, ToolBox
 
 LOOKBACK = timedelta(hours=6)
 TIE = timedelta(seconds=90)
+# How far the best candidate's score must lead the next one's to be called clearly better.
+CLEAR_MARGIN = 1.5
 # Metrics come in one-minute buckets: a departure dated at a bucket's start may begin up to a
 # minute later, so a change up to one step after that date can still be its cause.
 STEP = timedelta(seconds=60)
 PAGE = 200  # records per page of a paged query
+# Candidates verified per hypothesis iteration (each commit costs one diff): the rest wait for
+# the next iteration.
+CANDIDATES_PER_ITERATION = 4
 GATHER_PARTS = ("logs", "metrics", "traces", "changes")
 MAX_RECORDS = 5000  # records read per query at most
 _SHARED_DIRS = re.compile(r"^(pkg|lib|libs|shared|common|internal|platform|vendor)/")
@@ -98,6 +110,12 @@ class Candidate:
     call_ids: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     score: float = 0.0
+    # The hypothesis iteration that proposed it for verification (0: not proposed yet).
+    proposed_in: int = 0
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks)
 
     def passed(self, name: str) -> bool:
         return any(c.name == name and c.passed for c in self.checks)
@@ -127,6 +145,20 @@ class Case:
     evidence: list[Evidence] = field(default_factory=list)
     calls: dict[str, list[str]] = field(default_factory=dict)  # topic -> call ids
     problems: list[str] = field(default_factory=list)
+    iteration: int = 0  # hypothesis iterations so far
+
+    @property
+    def unproposed(self) -> list[Candidate]:
+        return [c for c in self.candidates if not c.proposed_in]
+
+    @property
+    def converged(self) -> bool:
+        """The best verified candidate passes every check and clearly beats the next one."""
+        verified = [c for c in self.candidates if c.verified]
+        if not verified:
+            return False
+        runner_up = verified[1].score if len(verified) > 1 else 0.0
+        return all(c.passed for c in verified[0].checks) and verified[0].score >= runner_up + CLEAR_MARGIN
 
     def cite(self, topic: str, answer: Answer) -> None:
         if answer.call_id:
@@ -138,16 +170,23 @@ class Case:
 class RuleReasoner:
     """Runs the playbooks against a ToolBox."""
 
-    def __init__(self, tools: ToolBox) -> None:
+    def __init__(self, tools: ToolBox, *, per_iteration: int = CANDIDATES_PER_ITERATION) -> None:
+        if per_iteration < 1:
+            raise ValueError(f"per_iteration must be >= 1, got {per_iteration}")
         self._tools = tools
+        self._per_iteration = per_iteration
 
-    async def investigate(self) -> dict[str, Any]:
-        """All phases; returns the findings (see `conclude`)."""
+    async def investigate(self, max_iterations: int = 3) -> dict[str, Any]:
+        """All phases, HYPOTHESIZE ⇄ VERIFY at most `max_iterations` times; returns the findings
+        (see `conclude`)."""
         case = Case()
         await self.triage(case)
         await self.gather(case)
         await self.hypothesize(case)
         await self.verify(case)
+        while not case.converged and case.unproposed and case.iteration < max_iterations:
+            self.propose(case)
+            await self.verify(case)
         return self.conclude(case)
 
     # -- triage -----------------------------------------------------------------------------
@@ -328,6 +367,31 @@ class RuleReasoner:
                     )
                 )
         self._candidates(case, first_at)
+        self.propose(case)
+
+    def propose(self, case: Case) -> list[Candidate]:
+        """Start the next hypothesis iteration: the next candidates to verify, most plausible first
+        by what is known without their diffs (`_prior`). Returns them (none when all were)."""
+        pending = case.unproposed
+        if not pending:
+            return []
+        case.iteration += 1
+        fault = _fault_text(case)
+        clues = _Clues(
+            frames=_fault_paths(case),
+            names=identifiers(fault),
+            symptom=mechanisms(words(fault) | words(str(case.alert.get("metric", "")))),
+            related=frozenset({case.first_failing, *case.blast_radius}),
+        )
+
+        def prior(candidate: Candidate) -> tuple[float, float]:
+            gap = abs((case.onset - candidate.at).total_seconds()) if case.onset else 0.0
+            return (-_prior(case, candidate, clues), gap)
+
+        batch = sorted(pending, key=prior)[: self._per_iteration]
+        for candidate in batch:
+            candidate.proposed_in = case.iteration
+        return batch
 
     def _candidates(self, case: Case, first_at: datetime) -> None:
         onset_at = min(first_at, case.onset or first_at) + STEP
@@ -379,31 +443,35 @@ class RuleReasoner:
     # -- verify -----------------------------------------------------------------------------
 
     async def verify(self, case: Case) -> None:
+        """Check the candidates this iteration proposed (fetching their diffs), then score every
+        candidate verified so far against each other; verified ones come first, best first."""
         if not case.candidates:
             return
+        if not case.iteration:
+            self.propose(case)
         fault = _fault_text(case)
         fault_names = identifiers(fault)
-        fault_paths = paths(fault) | {
-            str(e.get("stack", "")).split(":")[0] for e in _fault_errors(case) if e.get("stack")
-        }
+        fault_paths = _fault_paths(case)
         fault_words = words(fault) | words(str(case.alert.get("metric", "")))
         symptom = mechanisms(fault_words)
         related = {case.first_failing, *case.blast_radius}
-        # Names that appear in many changes say little about any one of them.
-        for candidate in case.candidates:
-            if candidate.kind == "commit":
+        proposed = [c for c in case.candidates if c.proposed_in]
+        for candidate in proposed:
+            if candidate.kind == "commit" and candidate.facts is None:
                 answer = await self._tools.call("changes.diff", {"sha": candidate.ref})
                 case.cite("diffs", answer)
                 candidate.call_ids.append(answer.call_id)
                 candidate.facts = analyse_diff(str(answer.data.get("diff", "")), candidate.files)
+        # Names that appear in many changes say little about any one of them.
         frequency: dict[str, int] = {}
-        for candidate in case.candidates:
+        for candidate in proposed:
             for name in candidate.facts.names if candidate.facts else ():
                 frequency[name] = frequency.get(name, 0) + 1
         fault_calls = [*case.calls.get("errors", [])[:2], *case.calls.get("alert", []), *case.calls.get("patterns", [])]
-        for candidate in case.candidates:
+        for candidate in proposed:
+            candidate.checks = []
             self._check(case, candidate, fault_names, fault_paths, symptom, related, frequency, fault_calls)
-        case.candidates.sort(key=lambda c: (-c.score, c.at))
+        case.candidates.sort(key=lambda c: (not c.verified, -c.score, c.at))
 
     def _check(
         self,
@@ -544,13 +612,15 @@ class RuleReasoner:
 
     def conclude(self, case: Case) -> dict[str, Any]:
         self._operational(case)
-        best = case.candidates[0] if case.candidates else None
-        runner_up = case.candidates[1].score if len(case.candidates) > 1 else 0.0
+        verified = [c for c in case.candidates if c.verified]
+        untested = [c for c in case.candidates if not c.verified]
+        best = verified[0] if verified else None
+        runner_up = verified[1].score if len(verified) > 1 else 0.0
         verdict, confidence = "INCONCLUSIVE", 0.3
         culprit: Candidate | None = None
         if best is not None and best.passed("timing") and best.passed("substance") and best.passed("still_deployed"):
             explains = best.passed("signature") and best.passed("mechanism")
-            clear = best.score >= runner_up + 1.5
+            clear = best.score >= runner_up + CLEAR_MARGIN
             if explains and best.passed("location") and clear:
                 verdict, confidence, culprit = "ROOT_CAUSE", min(0.95, 0.7 + 0.05 * (best.score - runner_up)), best
             elif explains and best.score > runner_up:
@@ -559,20 +629,28 @@ class RuleReasoner:
                 verdict, confidence, culprit = "CONTRIBUTING_FACTOR", 0.4, best
         if culprit is None and case.operational:
             confidence = 0.5
-        hypotheses = [_hypothesis(c, c is culprit, verdict) for c in case.candidates[:8]]
+        hypotheses = [_hypothesis(c, c is culprit, verdict) for c in [*verified[:8], *untested[:8]]]
         operational = case.operational[0].claim if case.operational else ""
         if culprit is None:
             summary = "No change explains this." + (
                 f" Operational signal: {operational}." if operational else " No operational signal was found either."
             )
+            if untested:
+                summary = (
+                    f"No verified change explains this; {len(untested)} candidate change(s) were not verified"
+                    f" within {case.iteration} hypothesis iteration(s)."
+                    + (f" Operational signal: {operational}." if operational else "")
+                )
         else:
             summary = (
                 f"{culprit.title} ({culprit.ref[:8]}), shipped with {culprit.service} at {iso(culprit.at)},"
                 " explains the symptom."
-            )
+            ) + (f" {len(untested)} other candidate change(s) were not verified." if untested else "")
         return {
             "verdict": verdict,
             "confidence": round(confidence, 2),
+            "iterations": case.iteration,
+            "unverified_candidates": len(untested),
             "summary": summary,
             "onset": iso(case.onset) if case.onset else None,
             "alert": case.alert,
@@ -635,6 +713,39 @@ class RuleReasoner:
             case.operational.append(Evidence("errors from an upstream dependency", calls))
 
 
+@dataclass(frozen=True, slots=True)
+class _Clues:
+    """What the symptom says, for ranking candidates before their diffs are read."""
+
+    frames: set[str]
+    names: set[str]
+    symptom: set[str]
+    related: frozenset[str]
+
+
+def _prior(case: Case, candidate: Candidate, clues: _Clues) -> float:
+    """How plausible a candidate is from its metadata alone (files, message, service, time):
+    a failing stack frame in a changed file, the first failing service (or shared code in the
+    blast radius), names and the kind of change shared with the symptom, substance, closeness."""
+    framed = any(p and any(f.endswith(p) or p.endswith(f) for f in candidate.files) for p in clues.frames)
+    located = candidate.service == case.first_failing or (
+        candidate.service in clues.related and candidate.kind == "commit" and _shared(candidate.files)
+    )
+    said = f"{candidate.title} {' '.join(candidate.files)}"
+    named = len(identifiers(said) & clues.names)
+    kind = mechanisms(words(said)) & clues.symptom
+    cosmetic = bool(candidate.files) and all(_COSMETIC_FILES.search(f) for f in candidate.files)
+    gap = abs((case.onset - candidate.at).total_seconds()) if case.onset else 0.0
+    return (
+        3.0 * framed
+        + 2.0 * located
+        + 1.0 * min(named, 3)
+        + 1.5 * bool(kind)
+        - 3.0 * cosmetic
+        + 0.5 * math.exp(-gap / 3600)
+    )
+
+
 def _metric_calls(case: Case, service: str) -> list[str]:
     return [
         call
@@ -647,6 +758,13 @@ def _metric_calls(case: Case, service: str) -> list[str]:
 def _fault_errors(case: Case) -> list[dict[str, Any]]:
     primary = [e for e in case.errors if e.get("service") == case.first_failing]
     return primary or case.errors
+
+
+def _fault_paths(case: Case) -> set[str]:
+    """Source paths the symptom names: in its text, and the files of its stack frames."""
+    return paths(_fault_text(case)) | {
+        str(e.get("stack", "")).split(":")[0] for e in _fault_errors(case) if e.get("stack")
+    }
 
 
 def _fault_text(case: Case) -> str:
@@ -739,6 +857,13 @@ def _duration(gap: timedelta) -> str:
 
 def _hypothesis(candidate: Candidate, chosen: bool, verdict: str) -> dict[str, Any]:
     failed = [c.name for c in candidate.checks if not c.passed]
+    if not candidate.verified:
+        status, because = "untested", "not verified: the hypothesis iterations ran out first"
+    elif chosen:
+        status, because = ("confirmed" if verdict == "ROOT_CAUSE" else "supported"), ""
+    else:
+        status = "rejected"
+        because = f"failed checks: {', '.join(failed)}" if failed else "a better-supported change explains the symptom"
     return {
         "kind": candidate.kind,
         "ref": candidate.ref,
@@ -746,10 +871,9 @@ def _hypothesis(candidate: Candidate, chosen: bool, verdict: str) -> dict[str, A
         "title": candidate.title,
         "at": iso(candidate.at),
         "score": candidate.score,
-        "status": ("confirmed" if verdict == "ROOT_CAUSE" else "supported") if chosen else "rejected",
-        "rejected_because": ""
-        if chosen
-        else (f"failed checks: {', '.join(failed)}" if failed else "a better-supported change explains the symptom"),
+        "iteration": candidate.proposed_in or None,
+        "status": status,
+        "rejected_because": because,
         "checks": [c.as_dict() for c in candidate.checks],
     }
 

@@ -200,7 +200,7 @@ class DiffFacts:
         return len(self.added) + len(self.removed)
 
 
-_COSMETIC_FILES = re.compile(
+COSMETIC_FILES = re.compile(
     r"(\.(css|scss|less|svg|png|md|txt|rst|lock|sum)$|(^|/)(docs?|test|tests|testdata|__tests__|\.github)/|_test\.\w+$|"
     r"(^|/)theme\.\w+$|(^|/)(CHANGELOG|README|LICENSE)|\.snap$)",
     re.IGNORECASE,
@@ -233,7 +233,7 @@ def analyse_diff(diff: str, files: Sequence[str] = ()) -> DiffFacts:
         if _NUMBER.findall(old) != _NUMBER.findall(new) and _NUMBER.findall(new)
     ]
     changed_text = "\n".join(added + removed)
-    code_changed = [f for f in files if not _COSMETIC_FILES.search(f)]
+    code_changed = [f for f in files if not COSMETIC_FILES.search(f)]
     only_comments = all(_is_comment(x) for x in added + removed)
     cosmetic = bool(files) and (not code_changed or only_comments or not (added or removed))
     return DiffFacts(

@@ -9,9 +9,14 @@ stored in S3 and read back by another worker.
 |---|---|---|
 | `triage` | TRIAGE | nothing |
 | `gather.logs`, `gather.metrics`, `gather.traces`, `gather.changes` | GATHER | the triage state |
-| `hypothesize` | HYPOTHESIZE | the four gather states (merged) |
-| `verify` | VERIFY | the hypothesize state |
+| `hypothesize` | HYPOTHESIZE | the four gather states (merged); in later iterations, the last verify state |
+| `verify` | VERIFY | the hypothesize state; its output says `again: true` when another iteration could settle it |
 | `recommend` | RECOMMEND | the verify state; its output holds the findings |
+
+RECOMMEND also accepts earlier states (several gather states, or a hypothesize state) when the
+orchestrator concludes a partial investigation after a step kept failing: what was not analysed
+yet and needs no tools (HYPOTHESIZE) is done on the spot, and unverified candidates are reported
+as untested.
 """
 
 from __future__ import annotations
@@ -21,8 +26,17 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from pm_worker.rules.reasoner import GATHER_PARTS, Candidate, Case, Check, Evidence, NoAlert, RuleReasoner
-from pm_worker.rules.signals import Onset, iso, parse_time
+from pm_worker.rules.reasoner import (
+    CANDIDATES_PER_ITERATION,
+    GATHER_PARTS,
+    Candidate,
+    Case,
+    Check,
+    Evidence,
+    NoAlert,
+    RuleReasoner,
+)
+from pm_worker.rules.signals import DiffFacts, NumberChange, Onset, iso, parse_time
 from pm_worker.rules.toolbox import ToolBox
 
 ROLES = ("triage", *(f"gather.{part}" for part in GATHER_PARTS), "hypothesize", "verify", "recommend")
@@ -35,7 +49,7 @@ ROLE_CAPABILITIES = {
     "gather.changes": ("changes.deploys", "changes.commits", "flags.changes"),
     "verify": ("changes.diff",),
 }
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class StepInputError(ValueError):
@@ -58,10 +72,39 @@ def _load_onset(value: Mapping[str, Any] | None) -> Onset | None:
     return Onset(parse_time(value["at"]), float(value["baseline"]), float(value["peak"]), int(value["direction"]))
 
 
+def _facts(value: DiffFacts | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {
+        "added": list(value.added),
+        "removed": list(value.removed),
+        "files": list(value.files),
+        "numbers": [[n.context, n.old, n.new] for n in value.numbers],
+        "vocabulary": sorted(value.vocabulary),
+        "names": sorted(value.names),
+        "cosmetic": value.cosmetic,
+    }
+
+
+def _load_facts(value: Mapping[str, Any] | None) -> DiffFacts | None:
+    if not value:
+        return None
+    return DiffFacts(
+        added=tuple(value["added"]),
+        removed=tuple(value["removed"]),
+        files=tuple(value["files"]),
+        numbers=tuple(NumberChange(*n) for n in value["numbers"]),
+        vocabulary=frozenset(value["vocabulary"]),
+        names=frozenset(value["names"]),
+        cosmetic=bool(value["cosmetic"]),
+    )
+
+
 def dump_case(case: Case) -> dict[str, Any]:
     """The case as JSON-ready data."""
     return {
         "version": STATE_VERSION,
+        "iteration": case.iteration,
         "alert": case.alert,
         "fired_at": _time(case.fired_at),
         "onset": _time(case.onset),
@@ -96,6 +139,8 @@ def dump_case(case: Case) -> dict[str, Any]:
                     {"name": k.name, "passed": k.passed, "detail": k.detail, "call_ids": k.call_ids} for k in c.checks
                 ],
                 "score": c.score,
+                "proposed_in": c.proposed_in,
+                "facts": _facts(c.facts),
             }
             for c in case.candidates
         ],
@@ -133,6 +178,7 @@ def load_case(data: Mapping[str, Any]) -> Case:
             evidence=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("evidence") or []],
             calls={k: list(v) for k, v in (data.get("calls") or {}).items()},
             problems=list(data.get("problems") or []),
+            iteration=int(data.get("iteration") or 0),
         )
         for service, items in (data.get("departures") or {}).items():
             for item in items:
@@ -151,6 +197,8 @@ def load_case(data: Mapping[str, Any]) -> Case:
                     call_ids=list(c["call_ids"]),
                     checks=[Check(k["name"], bool(k["passed"]), k["detail"], list(k["call_ids"])) for k in c["checks"]],
                     score=float(c["score"]),
+                    proposed_in=int(c.get("proposed_in") or 0),
+                    facts=_load_facts(c.get("facts")),
                 )
             )
     except (KeyError, TypeError, ValueError) as exc:
@@ -171,6 +219,8 @@ def merge(cases: Sequence[Case]) -> Case:
                     merged.calls[topic] = sorted({*mine.get(topic, []), *ids})
             elif spec.name == "series":  # triage read the alerted metric; the metrics part read them all
                 merged.series = {**mine, **theirs} if len(theirs) >= len(mine) else {**theirs, **mine}
+            elif spec.name == "iteration":
+                merged.iteration = max(mine, theirs)
             elif spec.name in ("problems", "evidence"):
                 setattr(merged, spec.name, [*mine, *[x for x in theirs if x not in mine]])
             elif not mine and theirs:
@@ -179,12 +229,16 @@ def merge(cases: Sequence[Case]) -> Case:
 
 
 async def run_role(
-    tools: ToolBox, role: str, states: Sequence[Mapping[str, Any]]
+    tools: ToolBox,
+    role: str,
+    states: Sequence[Mapping[str, Any]],
+    *,
+    per_iteration: int = CANDIDATES_PER_ITERATION,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one role on the previous state(s); returns (new state, summary output)."""
     if role not in ROLES:
         raise StepInputError(f"unknown rule-reasoner role {role!r}; expected one of {', '.join(ROLES)}")
-    reasoner = RuleReasoner(tools)
+    reasoner = RuleReasoner(tools, per_iteration=per_iteration)
     summary: dict[str, Any]
     if role == "triage":
         case = Case()
@@ -200,20 +254,36 @@ async def run_role(
         summary = {"part": part, "calls": sum(len(v) for v in case.calls.values()), "problems": case.problems}
     elif role == "hypothesize":
         case = merge([load_case(s) for s in states])
-        await reasoner.hypothesize(case)
+        if case.iteration:  # a later iteration: the previous verify state
+            reasoner.propose(case)
+        else:
+            await reasoner.hypothesize(case)
         summary = {
+            "iteration": case.iteration,
             "first_failing_service": case.first_failing,
             "blast_radius": case.blast_radius,
-            "candidates": [
-                {"kind": c.kind, "ref": c.ref, "service": c.service, "title": c.title} for c in case.candidates
+            "proposed": [
+                {"kind": c.kind, "ref": c.ref, "service": c.service, "title": c.title}
+                for c in case.candidates
+                if c.proposed_in == case.iteration
             ],
+            "waiting": len(case.unproposed),
         }
     elif role == "verify":
         case = load_case(_one(states, role))
         await reasoner.verify(case)
-        summary = {"ranking": [{"ref": c.ref, "score": c.score, "title": c.title} for c in case.candidates[:8]]}
+        summary = {
+            "iteration": case.iteration,
+            "converged": case.converged,
+            "unverified": len(case.unproposed),
+            # Another HYPOTHESIZE ⇄ VERIFY iteration could settle it (the orchestrator bounds them).
+            "again": not case.converged and bool(case.unproposed),
+            "ranking": [{"ref": c.ref, "score": c.score, "title": c.title} for c in case.candidates if c.verified][:8],
+        }
     else:
-        case = load_case(_one(states, role))
+        case = merge([load_case(s) for s in states])
+        if not case.iteration and case.onset is not None:
+            await reasoner.hypothesize(case)  # a partial investigation: analysis needing no tools
         summary = reasoner.conclude(case)
     return dump_case(case), summary
 
