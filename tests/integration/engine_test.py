@@ -603,3 +603,102 @@ async def test_the_callback_gets_one_signed_post_retried_until_accepted(tmp_path
         # Delivered once: nothing more is sent.
         await asyncio.sleep(2)
         assert len(receiver.requests) == 2
+
+
+async def _until_delivered(stack: Stack, investigation_id: str, count: int) -> list[asyncpg.Record]:
+    async with asyncio.timeout(30):
+        while True:
+            rows: list[asyncpg.Record] = await stack.db.fetch(
+                "SELECT * FROM deliveries WHERE investigation_id = $1::uuid ORDER BY target", investigation_id
+            )
+            if len(rows) == count and all(r["status"] == "delivered" for r in rows):
+                return rows
+            await asyncio.sleep(0.1)
+
+
+async def test_a_slack_command_gets_the_result_on_its_response_url(tmp_path: Path) -> None:
+    receiver = _Receiver()  # refuses the first attempt with a 500
+    async with receiver as url, _engine(tmp_path, registry_config(SCENARIO)) as stack:
+        investigation_id = str(uuid.uuid4())
+        context = {"slack": {"response_url": url, "channel_id": "C0SHOP", "user_name": "kim"}}
+        await stack.db.execute(
+            "INSERT INTO investigations (id, ticket_id, trigger_source, requested_by, trigger_context)"
+            " VALUES ($1::uuid, 'SHOP-17', 'slack_command', 'kim', $2::jsonb)",
+            investigation_id,
+            json.dumps(context),
+        )
+        message = events_pb2.InvestigationRequested(event_id=str(uuid.uuid4()), investigation_id=investigation_id)
+        await stack.bus.publish(STREAM_INVESTIGATIONS, message, message_id=message.event_id)
+        row = await _until_done(stack, investigation_id)
+        (delivery,) = await _until_delivered(stack, investigation_id, 1)
+        assert (delivery["target"], delivery["attempts"], delivery["response_status"]) == ("slack", 2, 200)
+        assert len(receiver.requests) == 2
+        headers, body = receiver.requests[-1]
+        assert headers["content-type"] == "application/json"
+        posted = json.loads(body)
+        assert posted["response_type"] == "in_channel"
+        assert "*SHOP-17*" in posted["text"]
+        assert f"*{row['verdict']}*" in posted["text"]
+        assert f"/api/v1/investigations/{investigation_id}/report" in posted["text"]
+        await asyncio.sleep(2)
+        assert len(receiver.requests) == 2
+
+
+async def test_results_are_published_once_per_target_through_the_registry_write_tools(tmp_path: Path) -> None:
+    published = tmp_path / "published.jsonl"
+    settings = {
+        "PUBLISH_TICKET_COMMENTS": "true",
+        "PUBLISH_CHAT_CHANNEL": "C0INCIDENTS",
+        "PUBLIC_BASE_URL": "https://pm.example.test",
+    }
+    async with _engine(tmp_path, registry_config(SCENARIO, published=published), settings=settings) as stack:
+        ticket = await _submit(stack, "SHOP-31")
+        # An alert's investigation has no ticket to comment on: it is only posted to the channel.
+        alert = str(uuid.uuid4())
+        await stack.db.execute(
+            "INSERT INTO investigations (id, ticket_id, trigger_source, priority)"
+            " VALUES ($1::uuid, 'PD-77', 'pagerduty', 1)",
+            alert,
+        )
+        message = events_pb2.InvestigationRequested(event_id=str(uuid.uuid4()), investigation_id=alert)
+        await stack.bus.publish(STREAM_INVESTIGATIONS, message, message_id=message.event_id)
+        for investigation_id in (ticket, alert):
+            assert (await _until_done(stack, investigation_id))["status"] == "completed"
+        ticket_deliveries = await _until_delivered(stack, ticket, 2)
+        assert [(d["target"], d["target_ref"]) for d in ticket_deliveries] == [
+            ("chat", "C0INCIDENTS"),
+            ("jira", "SHOP-31"),
+        ]
+        assert [d["target"] for d in await _until_delivered(stack, alert, 1)] == ["chat"]
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in published.read_text().splitlines()]
+
+        calls = lines()
+        comments = [c["arguments"] for c in calls if c["tool"] == "add_comment"]
+        posts = [c["arguments"] for c in calls if c["tool"] == "post_message"]
+        assert [c["issue_key"] for c in comments] == ["SHOP-31"]
+        assert "*ROOT_CAUSE*" in comments[0]["comment"]
+        assert f"https://pm.example.test/api/v1/investigations/{ticket}/report" in comments[0]["comment"]
+        assert sorted(p["channel_id"] for p in posts) == ["C0INCIDENTS", "C0INCIDENTS"]
+        assert sorted(t for p in posts for t in ("SHOP-31", "PD-77") if f"*{t}*" in p["text"]) == ["PD-77", "SHOP-31"]
+        audited = await stack.db.fetch(
+            "SELECT tool_name, status, phase FROM mcp_tool_calls WHERE agent_role = 'delivery' ORDER BY tool_name"
+        )
+        assert [(a["tool_name"], a["status"], a["phase"]) for a in audited] == [
+            ("add_comment", "ok", "deliver"),
+            ("post_message", "ok", "deliver"),
+            ("post_message", "ok", "deliver"),
+        ]
+
+        # A sender that died after the call and before its commit: the row is pending again with
+        # the attempt uncounted. The repeat carries the same idempotency key, so the registry
+        # replays the first call and nothing is posted twice.
+        await stack.db.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = attempts - 1, delivered_at = NULL,"
+            " next_attempt_at = now() WHERE investigation_id = $1::uuid",
+            ticket,
+        )
+        await _until_delivered(stack, ticket, 2)
+        assert lines() == calls
+        assert await stack.db.fetchval("SELECT count(*) FROM mcp_tool_calls WHERE agent_role = 'delivery'") == 3

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
-from pm_sandbox.server import TOOL_CAPABILITIES
+from pm_sandbox.server import TOOL_CAPABILITIES, WRITE_TOOL_CAPABILITIES
 from pm_testing import free_port, wait_for
 from pm_worker.rules.steps import ROLE_CAPABILITIES
 
@@ -29,17 +29,28 @@ ROLES = {
 }
 
 
-def registry_config(data: Path, *, delay_ms: int = 0, without: Collection[str] = ()) -> str:
+def registry_config(
+    data: Path, *, delay_ms: int = 0, without: Collection[str] = (), published: Path | None = None
+) -> str:
     """A registry servers file: one stdio sandbox serving `data` (each call `delay_ms` late), and
-    the rule reasoner's roles; the tools of the capabilities `without` are left out."""
+    the rule reasoner's roles; the tools of the capabilities `without` are left out. With
+    `published`, the sandbox's write tools too (appending to that file), for the delivery role."""
     tools = "".join(
         f"      {tool}: {{capabilities: [{cap}]}}\n" for tool, cap in TOOL_CAPABILITIES.items() if cap not in without
     )
-    roles = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in ROLES.items())
+    roles = dict(ROLES)
+    args = ["-m", "pm_sandbox", "--data", str(data), "--delay-ms", str(delay_ms)]
+    if published is not None:
+        args += ["--published", str(published)]
+        tools += "".join(
+            f"      {tool}: {{capabilities: [{cap}], access: write}}\n" for tool, cap in WRITE_TOOL_CAPABILITIES.items()
+        )
+        roles["delivery"] = sorted(WRITE_TOOL_CAPABILITIES.values())
+    listed = "".join(f"  {role}: {json.dumps(caps)}\n" for role, caps in roles.items())
     return (
         "servers:\n  - name: sandbox\n    transport: stdio\n"
-        f'    command: {sys.executable}\n    args: [-m, pm_sandbox, --data, "{data}", --delay-ms, "{delay_ms}"]\n'
-        f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{roles}'
+        f"    command: {sys.executable}\n    args: {json.dumps(args)}\n"
+        f'    env: {{PYTHONPATH: "{CHILD_PYTHONPATH}"}}\n    tools:\n{tools}roles:\n{listed}'
     )
 
 

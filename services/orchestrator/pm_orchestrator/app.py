@@ -9,8 +9,8 @@ from functools import partial
 from pm.events.v1 import events_pb2
 from pm_auth import open_api_access
 from pm_db import open_pool, ping
-from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec
-from pm_orchestrator.delivery import CallbackSender
+from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec, open_channel
+from pm_orchestrator.delivery import Deliverer, Publishing
 from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import registrations
 from pm_orchestrator.queries import InvestigationQueries
@@ -52,7 +52,17 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             max_tool_calls=settings.investigation_max_tool_calls,
             max_cost_usd=settings.investigation_max_cost_usd,
         )
-        engine = Engine(pool, store, relay, budget)
+        publishing = Publishing(
+            ticket_comments=settings.publish_ticket_comments,
+            chat_channel=settings.publish_chat_channel,
+            ticket_arguments=settings.publish_ticket_arguments,
+            chat_arguments=settings.publish_chat_arguments,
+            server=settings.publish_server,
+            public_base_url=settings.public_base_url,
+        )
+        registry = open_channel(settings.registry_addr, ctx.tracing.provider)
+        stack.push_async_callback(registry.close)
+        engine = Engine(pool, store, relay, budget, publishing)
         consumer = f"orchestrator-{settings.grpc_listen.rpartition(':')[2]}"
         for stream in (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS):
             bus.subscribe(
@@ -81,7 +91,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             background=[
                 bus.run,
                 relay.run,
-                CallbackSender(pool, source, max_attempts=settings.callback_max_attempts).run,
+                Deliverer(pool, source, registry, publishing, max_attempts=settings.callback_max_attempts).run,
                 partial(engine.run_reconciler, settings.reconcile_interval_seconds, settings.reconcile_stale_seconds),
             ],
         )

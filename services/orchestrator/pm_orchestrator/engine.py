@@ -39,6 +39,7 @@ from google.protobuf import json_format, struct_pb2
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
 from pm_errors import Conflict, NotFound
+from pm_orchestrator.delivery import Publishing, record_deliveries
 from pm_orchestrator.report import render_html, render_markdown
 from pm_storage import ObjectStore
 from pm_streams import STREAM_AGENT_TASKS, STREAM_INVESTIGATIONS, STREAM_INVESTIGATIONS_URGENT, Delivery
@@ -85,7 +86,7 @@ async def _report(engine: Engine, conn: asyncpg.Connection, investigation: async
 
 
 async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyncpg.Record) -> str | None:
-    await record_callback(conn, investigation)
+    await record_deliveries(conn, investigation, engine.publishing)
     await conn.execute(
         "UPDATE investigations SET status = 'completed', phase = 'deliver', completed_at = now(), updated_at = now()"
         " WHERE id = $1",
@@ -93,18 +94,6 @@ async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyn
     )
     await engine.event(conn, investigation["id"], "completed", "completed", "deliver", "investigation completed")
     return None
-
-
-async def record_callback(conn: asyncpg.Connection, investigation: Mapping[str, Any]) -> None:
-    """The investigation's callback, once per URL, sent after commit by the delivery loop."""
-    if investigation["callback_url"]:
-        await conn.execute(
-            "INSERT INTO deliveries (id, investigation_id, target, target_ref) VALUES ($1, $2, 'callback', $3)"
-            " ON CONFLICT (investigation_id, target, target_ref) DO NOTHING",
-            uuid.uuid4(),
-            investigation["id"],
-            investigation["callback_url"],
-        )
 
 
 PHASES: Mapping[str, AgentPhase | OrchestratorPhase] = {
@@ -143,12 +132,18 @@ class Engine:
     """Applies InvestigationRequested and AgentResult messages to PostgreSQL."""
 
     def __init__(
-        self, pool: asyncpg.Pool, store: ObjectStore, relay: OutboxRelay | None = None, budget: Budget | None = None
+        self,
+        pool: asyncpg.Pool,
+        store: ObjectStore,
+        relay: OutboxRelay | None = None,
+        budget: Budget | None = None,
+        publishing: Publishing | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._relay = relay
         self._budget = budget or Budget()
+        self.publishing = publishing or Publishing()
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -620,7 +615,7 @@ class Engine:
             reason,
         )
         await self.event(conn, investigation["id"], "failed", "failed", investigation["phase"], reason)
-        await record_callback(conn, investigation)
+        await record_deliveries(conn, investigation, self.publishing)
 
     # -- report -----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from pm_errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from pm_registry.breaker import CircuitBreaker, State
-from pm_registry.config import RegistryConfig, ServerConfig
+from pm_registry.config import WRITE_ROLE, RegistryConfig, ServerConfig
 from pm_registry.connections import ServerConnection, ServerDown, describe_error
 from pm_registry.policy import authorize, cap, redact
 from pm_registry.store import CallRecord, CallStore
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 OK, TOOL_ERROR, TIMEOUT, DENIED, UNAVAILABLE = "ok", "tool_error", "timeout", "denied", "unavailable"
 RETRY_BASE_SECONDS = 0.2
 ENDED = ("completed", "failed", "cancelled")
+# The delivery role publishes what an investigation found once it has ended (not when cancelled).
+DELIVERABLE = ("completed", "failed")
 _CIRCUIT_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 
@@ -303,7 +305,7 @@ class Registry:
                 raise NotFound(
                     f"investigation {investigation_id} does not exist", details={"field": "investigation_id"}
                 )
-            if status in ENDED:
+            if status in ENDED and not (caller.agent_role == WRITE_ROLE and status in DELIVERABLE):
                 # A cancelled (or finished) investigation's steps get no more tools.
                 raise Conflict(
                     f"investigation {investigation_id} is {status}: no more tool calls",

@@ -2,6 +2,8 @@
 
 Over HTTP, `--access-key-header NAME` makes every request carry that header with the value of the
 environment variable SANDBOX_ACCESS_KEY (401 otherwise), like a real server behind an access key.
+`--published FILE` adds the write tools (`add_comment`, `post_message`), which append each call to
+FILE as a JSON line.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--access-key-header", help=f"require this header to equal ${ACCESS_KEY_ENV} (HTTP only)")
     parser.add_argument("--delay-ms", type=int, default=0, help="answer every tool call this much later (fault tests)")
+    parser.add_argument("--published", type=Path, help="offer the write tools, appending their calls to this file")
     args = parser.parse_args()
     try:
         incident = load_incident(args.data)
@@ -36,7 +40,7 @@ def main() -> None:
     if not 0 <= args.delay_ms <= 600_000:
         sys.stderr.write("pm-sandbox: --delay-ms must be between 0 and 600000\n")
         sys.exit(2)
-    server = build_server(incident, delay_seconds=args.delay_ms / 1000)
+    server = build_server(incident, delay_seconds=args.delay_ms / 1000, published=args.published)
     if args.transport == "stdio":
         server.run("stdio")
         return

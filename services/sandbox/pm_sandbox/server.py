@@ -11,6 +11,7 @@ import functools
 import hmac
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -33,6 +34,37 @@ TOOL_CAPABILITIES = {
     "search_messages": "comms.search",
 }
 TOOL_NAMES = tuple(TOOL_CAPABILITIES)
+# Write tools, offered only when the server is given a file to publish into (`--published`):
+# what the delivery phase calls to comment on a ticket and post to a chat channel. Their
+# arguments are named as the Atlassian and Slack MCP servers name them.
+WRITE_TOOL_CAPABILITIES = {
+    "add_comment": "publish.ticket_comment",
+    "post_message": "publish.chat_message",
+}
+
+
+class Publications:
+    """Appends every write-tool call to a JSON-lines file (what a test or a person inspects)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _append(self, tool: str, arguments: dict[str, str]) -> dict[str, Any]:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"tool": tool, "arguments": arguments}, sort_keys=True) + "\n")
+        return {"ok": True, "published": tool}
+
+    def add_comment(self, *, issue_key: str, comment: str) -> dict[str, Any]:
+        """Add a comment to a ticket."""
+        if not issue_key or not comment:
+            raise QueryError("issue_key and comment are required")
+        return self._append("add_comment", {"issue_key": issue_key, "comment": comment})
+
+    def post_message(self, *, channel_id: str, text: str) -> dict[str, Any]:
+        """Post a message to a chat channel."""
+        if not channel_id or not text:
+            raise QueryError("channel_id and text are required")
+        return self._append("post_message", {"channel_id": channel_id, "text": text})
 
 
 def _as_tool(query: Callable[..., dict[str, Any]], delay_seconds: float) -> Callable[..., Any]:
@@ -51,8 +83,9 @@ def _as_tool(query: Callable[..., dict[str, Any]], delay_seconds: float) -> Call
     return tool
 
 
-def build_server(incident: Incident, *, delay_seconds: float = 0.0) -> MCPServer[Any]:
-    """An MCP server whose tools answer from `incident` (each after `delay_seconds`)."""
+def build_server(incident: Incident, *, delay_seconds: float = 0.0, published: Path | None = None) -> MCPServer[Any]:
+    """An MCP server whose tools answer from `incident` (each after `delay_seconds`); with
+    `published`, also the write tools, which append to that file."""
     server: MCPServer[Any] = MCPServer(
         name="pm-sandbox",
         instructions=f"Observability, change and ticket data of incident snapshot {incident.name!r}.",
@@ -60,6 +93,10 @@ def build_server(incident: Incident, *, delay_seconds: float = 0.0) -> MCPServer
     )
     for name in TOOL_NAMES:
         server.tool(name=name)(_as_tool(getattr(incident, name), delay_seconds))
+    if published is not None:
+        publications = Publications(published)
+        for name in WRITE_TOOL_CAPABILITIES:
+            server.tool(name=name)(_as_tool(getattr(publications, name), delay_seconds))
     return server
 
 
