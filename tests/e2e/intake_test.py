@@ -144,6 +144,7 @@ async def test_submission_is_queued_recorded_audited_and_published_once(intake: 
     assert row["ticket_id"] == "PAY-101"
     assert row["mode"] == "deep"
     assert row["max_iterations"] == 5
+    assert json.loads(row["budget"]) == {}
     assert row["status"] == "queued"
     assert row["trigger_source"] == "api"
     assert row["priority"] == 3
@@ -173,6 +174,16 @@ async def test_submission_is_queued_recorded_audited_and_published_once(intake: 
     assert by_jwt.status_code == 202, by_jwt.text
     requested_by = await conn.fetchval("SELECT requested_by FROM investigations WHERE ticket_id = 'PAY-102'")
     assert requested_by == "jwt:alice"
+
+    # A request's own budget is kept under the orchestrator's names.
+    budgeted = await edge.client.post(
+        "/api/v1/investigate",
+        json={"ticket_id": "PAY-103", "budget": {"deadline_seconds": 300, "max_tool_calls": 40}},
+        headers=AUTH,
+    )
+    assert budgeted.status_code == 202, budgeted.text
+    budget = await conn.fetchval("SELECT budget FROM investigations WHERE ticket_id = 'PAY-103'")
+    assert json.loads(budget) == {"wall_seconds": 300, "max_tool_calls": 40}
 
 
 async def test_authentication_failures_are_401_audited_and_write_nothing(intake: Any) -> None:
@@ -257,6 +268,21 @@ async def test_bad_input_gets_a_4xx_that_names_the_problem_and_writes_nothing(in
             "Validation failed",
             ["callback_url"],
         ),
+        (
+            "/api/v1/investigate",
+            {"ticket_id": "A-1", "budget": {"max_tool_calls": 0}},
+            400,
+            "Validation failed",
+            ["budget", "max_tool_calls"],
+        ),
+        (
+            "/api/v1/investigate",
+            {"ticket_id": "A-1", "budget": {"tokens": 5}},
+            400,
+            "Validation failed",
+            ["budget", "tokens"],
+        ),
+        ("/api/v1/investigate", {"ticket_id": "A-1", "budget": 30}, 400, "Validation failed", ["budget"]),
         ("/api/v1/investigate/batch", {"ticket_ids": []}, 400, "Validation failed", ["ticket_ids"]),
         (
             "/api/v1/investigate/batch",
@@ -328,6 +354,16 @@ async def test_batch_is_all_or_nothing(intake: Any) -> None:
     assert [r["ticket_id"] for r in rows] == ["BAT-1", "BAT-2", "BAT-3"]
     assert {str(r["batch_id"]) for r in rows} == {body["batch_id"]}
     assert {(r["trigger_source"], r["priority"], r["mode"]) for r in rows} == {("batch", 4, "fast")}
+    budgeted = await edge.client.post(
+        "/api/v1/investigate/batch", json={"ticket_ids": ["BAT-9"], "budget": {"max_cost_usd": 0.5}}, headers=AUTH
+    )
+    assert budgeted.status_code == 202, budgeted.text
+    budget = await conn.fetchval("SELECT budget FROM investigations WHERE ticket_id = 'BAT-9'")
+    assert json.loads(budget) == {"max_cost_usd": 0.5}
+    await conn.execute(
+        "DELETE FROM outbox WHERE aggregate_id IN (SELECT id FROM investigations WHERE ticket_id = 'BAT-9')"
+    )
+    await conn.execute("DELETE FROM investigations WHERE ticket_id = 'BAT-9'")
     second = await edge.client.post("/api/v1/investigate/batch", json={"ticket_ids": ["BAT-4", "BAT-2"]}, headers=AUTH)
     assert second.status_code == 409, second.text
     assert [a["ticket_id"] for a in second.json()["active"]] == ["BAT-2"]

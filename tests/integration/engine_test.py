@@ -100,16 +100,17 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 MAX_ITERATIONS = {"fast": 1, "balanced": 3, "deep": 5}
 
 
-async def _submit(stack: Stack, ticket: str, mode: str = "balanced") -> str:
+async def _submit(stack: Stack, ticket: str, mode: str = "balanced", budget: Mapping[str, float] | None = None) -> str:
     """What intake does: the queued row, then InvestigationRequested on the stream."""
     investigation_id = str(uuid.uuid4())
     await stack.db.execute(
-        "INSERT INTO investigations (id, ticket_id, requested_by, mode, max_iterations)"
-        " VALUES ($1::uuid, $2, 'key:test', $3, $4)",
+        "INSERT INTO investigations (id, ticket_id, requested_by, mode, max_iterations, budget)"
+        " VALUES ($1::uuid, $2, 'key:test', $3, $4, $5::jsonb)",
         investigation_id,
         ticket,
         mode,
         MAX_ITERATIONS[mode],
+        json.dumps(budget or {}),
     )
     message = events_pb2.InvestigationRequested(
         event_id=str(uuid.uuid4()), investigation_id=investigation_id, ticket_id=ticket
@@ -491,20 +492,23 @@ async def test_after_redis_loses_everything_the_reconciler_redrives_every_open_i
 
 
 @pytest.mark.parametrize(
-    ("settings", "reason"),
+    ("settings", "budget", "reason"),
     [
-        ({"INVESTIGATION_MAX_TOOL_CALLS": "5"}, "tool-call budget of 5 exhausted"),
+        ({"INVESTIGATION_MAX_TOOL_CALLS": "5"}, {}, "tool-call budget of 5 exhausted"),
         (
             {"INVESTIGATION_DEADLINE_SECONDS": "2", "RECONCILE_INTERVAL_SECONDS": "0.5"},
+            {},
             "deadline of 2s passed",
         ),
+        # The request's own budget (as intake stores it): lower than the settings, so it applies.
+        ({"INVESTIGATION_MAX_TOOL_CALLS": "500"}, {"max_tool_calls": 7}, "tool-call budget of 7 exhausted"),
     ],
 )
 async def test_a_breached_budget_goes_straight_to_an_inconclusive_report(
-    tmp_path: Path, settings: dict[str, str], reason: str
+    tmp_path: Path, settings: dict[str, str], budget: dict[str, float], reason: str
 ) -> None:
     async with _engine(tmp_path, registry_config(SCENARIO, delay_ms=100), settings=settings) as stack:
-        investigation_id = await _submit(stack, "SHOP-15")
+        investigation_id = await _submit(stack, "SHOP-15", budget=budget)
         row = await _until_done(stack, investigation_id, timeout=60)
         assert row["status"] == "completed", row["error"]
         assert row["verdict"] == "INCONCLUSIVE"

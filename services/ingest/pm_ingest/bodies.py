@@ -40,6 +40,23 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class BudgetBody(_Body):
+    """A request's own limits; the orchestrator's settings stay the ceiling."""
+
+    deadline_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    max_tool_calls: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_cost_usd: Annotated[float, Field(ge=0, le=10_000)] | None = None
+
+    def limits(self) -> dict[str, float]:
+        """As stored in investigations.budget (the orchestrator's names)."""
+        named = {
+            "wall_seconds": self.deadline_seconds,
+            "max_tool_calls": self.max_tool_calls,
+            "max_cost_usd": self.max_cost_usd,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+
 class InvestigateBody(_Body):
     """POST /api/v1/investigate."""
 
@@ -47,6 +64,7 @@ class InvestigateBody(_Body):
     domain: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     mode: Mode = "balanced"
     callback_url: str | None = None
+    budget: BudgetBody | None = None
 
     _url = field_validator("callback_url")(_check_callback_url)
 
@@ -58,6 +76,8 @@ class InvestigateBatchBody(_Body):
     domain: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     mode: Mode = "balanced"
     callback_url: str | None = None
+    # Applies to each investigation of the batch.
+    budget: BudgetBody | None = None
 
     _url = field_validator("callback_url")(_check_callback_url)
 

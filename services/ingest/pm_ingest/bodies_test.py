@@ -63,3 +63,17 @@ def test_json_problems() -> None:
         parse_json_object(b"{}", "text/plain")
     assert parse_json_object(b'{"a": 1}', "application/vnd.api+json; charset=utf-8") == {"a": 1}
     assert parse_json_object(b'{"a": 1}', "") == {"a": 1}
+
+
+def test_a_budget_is_checked_and_stored_under_the_orchestrator_names() -> None:
+    body = parse_body(InvestigateBody, {"ticket_id": "A-1", "budget": {"deadline_seconds": 90, "max_cost_usd": 0.25}})
+    assert body.budget is not None
+    assert body.budget.limits() == {"wall_seconds": 90, "max_cost_usd": 0.25}
+    assert parse_body(InvestigateBody, {"ticket_id": "A-1", "budget": {}}).budget.limits() == {}  # type: ignore[union-attr]
+    assert _problems({"ticket_id": "A-1", "budget": {"deadline_seconds": 0}})[0]["path"] == [
+        "budget",
+        "deadline_seconds",
+    ]
+    assert _problems({"ticket_id": "A-1", "budget": {"max_tool_calls": 2.5}})[0]["path"] == ["budget", "max_tool_calls"]
+    assert _problems({"ticket_id": "A-1", "budget": {"max_cost_usd": -1}})[0]["path"] == ["budget", "max_cost_usd"]
+    assert _problems({"ticket_ids": ["A-1"], "budget": {"x": 1}}, InvestigateBatchBody)[0]["path"] == ["budget", "x"]

@@ -118,6 +118,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 callback_url=body.callback_url,
                 idempotency_key=key,
                 digest=digest,
+                budget=body.budget.limits() if body.budget else None,
             )
 
         typed = {
@@ -125,6 +126,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             "domain": request.domain,
             "mode": request.mode,
             "callback_url": request.callback_url,
+            "budget": _budget(request),
         }
         reply = await self._submit(context, "investigate", request.http_body, typed, run)
         return _reply(context, reply, ingest_pb2.InvestigateResponse)
@@ -143,6 +145,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 callback_url=body.callback_url,
                 idempotency_key=key,
                 digest=digest,
+                budget=body.budget.limits() if body.budget else None,
             )
 
         typed = {
@@ -150,6 +153,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             "domain": request.domain,
             "mode": request.mode,
             "callback_url": request.callback_url,
+            "budget": _budget(request),
         }
         reply = await self._submit(context, "investigate_batch", request.http_body, typed, run)
         return _reply(context, reply, ingest_pb2.InvestigateBatchResponse)
@@ -206,3 +210,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if handler is None:
             raise NotFound("Unknown webhook source", details={"known": sorted(HANDLERS)})
         return ingest_pb2.DescribeWebhookResponse(status="ok", handler=handler)
+
+
+def _budget(request: ingest_pb2.InvestigateRequest | ingest_pb2.InvestigateBatchRequest) -> dict[str, Any] | None:
+    """A gRPC caller's budget as a request body's (zero means unset)."""
+    if not request.HasField("budget"):
+        return None
+    given = {
+        "deadline_seconds": request.budget.deadline_seconds,
+        "max_tool_calls": request.budget.max_tool_calls,
+        "max_cost_usd": request.budget.max_cost_usd,
+    }
+    return {k: v for k, v in given.items() if v}

@@ -101,6 +101,7 @@ def new_investigation(
     batch_id: uuid.UUID | None = None,
     trigger_context: Mapping[str, object] | None = None,
     event_context: events_pb2.InvestigationRequested | None = None,
+    budget: Mapping[str, float] | None = None,
 ) -> NewInvestigation:
     """A NewInvestigation with its InvestigationRequested event (carrying the current trace context)."""
     investigation_id = uuid.uuid4()
@@ -135,6 +136,7 @@ def new_investigation(
         callback_url=callback_url,
         batch_id=batch_id,
         trigger_context=dict(trigger_context or {}),
+        budget=dict(budget or {}),
     )
 
 
@@ -214,6 +216,7 @@ class Submissions:
         callback_url: str | None,
         idempotency_key: str | None,
         digest: str,
+        budget: Mapping[str, float] | None = None,
     ) -> Reply:
         """Queue one investigation: 202, or 409 when the ticket already has an active one."""
         inv = new_investigation(
@@ -224,6 +227,7 @@ class Submissions:
             priority=PRIORITY_TICKET,
             requested_by=caller.identity,
             callback_url=callback_url,
+            budget=budget,
         )
         accepted = Reply(
             202,
@@ -258,6 +262,7 @@ class Submissions:
         callback_url: str | None,
         idempotency_key: str | None,
         digest: str,
+        budget: Mapping[str, float] | None = None,
     ) -> Reply:
         """Queue every ticket or none: 202, or 409 naming the tickets that are already active."""
         batch_id = uuid.uuid4()
@@ -271,6 +276,7 @@ class Submissions:
                 requested_by=caller.identity,
                 callback_url=callback_url,
                 batch_id=batch_id,
+                budget=budget,
             )
             for ticket in ticket_ids
         ]

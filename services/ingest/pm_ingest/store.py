@@ -50,6 +50,9 @@ class NewInvestigation:
     callback_url: str | None = None
     batch_id: uuid.UUID | None = None
     trigger_context: Mapping[str, object] = field(default_factory=dict)
+    # The request's own limits (wall_seconds, max_tool_calls, max_cost_usd); the orchestrator's
+    # settings cap them.
+    budget: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +109,25 @@ class AlertDuplicate(Exception):
 _INSERT_INVESTIGATIONS = """
 WITH new AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[],
-                         $8::text[], $9::uuid[], $10::text[], $11::integer[], $12::uuid[], $13::text[], $14::bytea[])
+                         $8::text[], $9::uuid[], $10::text[], $11::integer[], $12::uuid[], $13::text[], $14::bytea[],
+                         $15::text[])
         AS t(id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url, batch_id,
-             trigger_context, max_iterations, event_id, stream, payload)
+             trigger_context, max_iterations, event_id, stream, payload, budget)
 ), inv AS (
     INSERT INTO investigations (id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url,
-                                batch_id, trigger_context, max_iterations)
+                                batch_id, trigger_context, max_iterations, budget)
     SELECT id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url, batch_id,
-           trigger_context::jsonb, max_iterations
+           trigger_context::jsonb, max_iterations, budget::jsonb
     FROM new
     ON CONFLICT (ticket_id) WHERE status IN ('queued', 'running') DO NOTHING
     RETURNING id
 ), ob AS (
     INSERT INTO outbox (id, stream, aggregate_id, message_type, payload, priority)
-    SELECT new.event_id, new.stream, new.id, $15, new.payload, new.priority FROM new JOIN inv USING (id)
+    SELECT new.event_id, new.stream, new.id, $16, new.payload, new.priority FROM new JOIN inv USING (id)
 ), au AS (
     INSERT INTO audit_log (identity, auth_method, source, action, resource_type, resource_id, outcome, reason,
                            request_id, remote_addr, details)
-    SELECT $16, $17, $18, $19, 'investigation', inv.id::text, 'accepted', NULL, $20, $21, $22::jsonb FROM inv
+    SELECT $17, $18, $19, $20, 'investigation', inv.id::text, 'accepted', NULL, $21, $22, $23::jsonb FROM inv
 )
 SELECT id FROM inv
 """
@@ -136,7 +140,7 @@ _INSERT_ALERT = _INSERT_INVESTIGATIONS.replace(
     "WITH new AS (\n    SELECT * FROM unnest(",
     """WITH claim AS (
     INSERT INTO intake_dedup (dedup_key, kind, source, investigation_id, expires_at)
-    VALUES ($23, 'alert_fingerprint', $24, ($1::uuid[])[1], now() + make_interval(secs => $25))
+    VALUES ($24, 'alert_fingerprint', $25, ($1::uuid[])[1], now() + make_interval(secs => $26))
     ON CONFLICT (dedup_key) DO UPDATE
         SET kind = EXCLUDED.kind, source = EXCLUDED.source, investigation_id = EXCLUDED.investigation_id,
             response = NULL, expires_at = EXCLUDED.expires_at, created_at = now()
@@ -145,8 +149,8 @@ _INSERT_ALERT = _INSERT_INVESTIGATIONS.replace(
 ), new AS (
     SELECT * FROM unnest(""",
 ).replace(
-    "trigger_context, max_iterations, event_id, stream, payload)\n)",
-    "trigger_context, max_iterations, event_id, stream, payload)\n    WHERE EXISTS (SELECT 1 FROM claim)\n)",
+    "trigger_context, max_iterations, event_id, stream, payload, budget)\n)",
+    "trigger_context, max_iterations, event_id, stream, payload, budget)\n    WHERE EXISTS (SELECT 1 FROM claim)\n)",
 )
 
 _ACTIVE = """
@@ -203,6 +207,7 @@ def _insert_args(invs: Sequence[NewInvestigation], audit: Audit) -> list[Any]:
         [i.event_id for i in invs],
         [i.stream for i in invs],
         [i.event for i in invs],
+        [json.dumps(dict(i.budget), separators=(",", ":")) for i in invs],
         MESSAGE_TYPE_REQUESTED,
         *_audit_args(audit),
     ]

@@ -121,11 +121,26 @@ _STEP_STATUS = {
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """Default limits of one investigation; a request's own `budget` values take precedence."""
+    """Limits of one investigation from the settings: the defaults, and the ceiling of what a
+    request may ask for."""
 
     wall_seconds: float = 1800.0
     max_tool_calls: int = 1000
     max_cost_usd: float = 5.0
+
+    def limits(self, requested: Mapping[str, Any]) -> dict[str, float | int]:
+        """The limits of an investigation whose request asked for `requested` (lower values win;
+        unknown or malformed entries are ignored)."""
+        limits: dict[str, float | int] = {
+            "wall_seconds": self.wall_seconds,
+            "max_tool_calls": self.max_tool_calls,
+            "max_cost_usd": self.max_cost_usd,
+        }
+        for name, ceiling in list(limits.items()):
+            value = requested.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                limits[name] = type(ceiling)(min(value, ceiling))
+        return limits
 
 
 class Engine:
@@ -152,12 +167,7 @@ class Engine:
             investigation = await self._lock(conn, message.investigation_id)
             if investigation is None or investigation["status"] != "queued":
                 return  # unknown, or already started by another delivery or replica
-            limits = {
-                "wall_seconds": self._budget.wall_seconds,
-                "max_tool_calls": self._budget.max_tool_calls,
-                "max_cost_usd": self._budget.max_cost_usd,
-                **_json(investigation["budget"]),
-            }
+            limits = self._budget.limits(_json(investigation["budget"]))
             await conn.execute(
                 "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now(), budget = $2,"
                 " deadline_at = coalesce(deadline_at, now() + make_interval(secs => $3)) WHERE id = $1",
