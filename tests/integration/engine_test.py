@@ -224,6 +224,11 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     )
     assert (got.status, got.phase, got.verdict) == ("completed", "deliver", row["verdict"])
     assert got.usage.tool_calls == row["tool_calls"]
+    assert list(got.phases_done) == ["intake", *PHASES]
+    assert (got.steps_running, got.hypothesis_iteration, got.max_iterations) == (0, 1, 3)
+    elapsed = (row["completed_at"] - row["started_at"]).total_seconds()
+    assert got.elapsed_seconds == pytest.approx(elapsed, abs=0.01)
+    assert got.started_at.ToDatetime(tzinfo=row["started_at"].tzinfo) == row["started_at"]
     listed = await stack.queries.ListInvestigations(
         investigation_pb2.ListInvestigationsRequest(status="completed", limit=5), metadata=AUTH, timeout=10
     )
@@ -403,6 +408,12 @@ async def test_cancel_stops_a_running_investigation(tmp_path: Path) -> None:
                 "SELECT count(*) FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
             ):
                 await asyncio.sleep(0.05)
+        running = await stack.queries.GetInvestigation(
+            investigation_pb2.GetInvestigationRequest(id=investigation_id), metadata=AUTH, timeout=10
+        )
+        assert (running.status, running.phase, list(running.phases_done)) == ("running", "triage", ["intake"])
+        assert running.steps_running == 1
+        assert running.elapsed_seconds > 0
         request = investigation_pb2.CancelInvestigationRequest(id=investigation_id, reason="wrong ticket")
         reply = await stack.queries.CancelInvestigation(request, metadata=AUTH, timeout=10)
         assert (reply.status, reply.message) == ("cancelled", "Investigation cancelled (it was running)")

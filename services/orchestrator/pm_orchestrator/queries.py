@@ -13,7 +13,7 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -31,8 +31,24 @@ from pm_orchestrator.engine import Engine
 WATCH_POLL_SECONDS = 0.25
 
 _COLUMNS = """id, ticket_id, domain, mode, status, phase, requested_by, trigger_source, created_at, updated_at,
-completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration, input_tokens,
-output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, tool_calls"""
+started_at, completed_at, verdict, confidence, summary, error, report_url, batch_id, hypothesis_iteration,
+max_iterations, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, tool_calls,
+(SELECT coalesce(array_agg(DISTINCT e.phase), '{}') FROM investigation_events e
+  WHERE e.investigation_id = investigations.id AND e.kind = 'phase') AS phases_entered,
+(SELECT count(*) FROM investigation_steps s
+  WHERE s.investigation_id = investigations.id AND s.status IN ('dispatched', 'running')) AS steps_running,
+extract(epoch FROM coalesce(completed_at, now()) - coalesce(started_at, created_at)) AS elapsed_seconds"""
+# Phases in the order they run, for phases_done.
+PHASE_ORDER = ("intake", "triage", "gather", "hypothesize", "verify", "recommend", "report", "deliver")
+
+
+def phases_done(entered: Sequence[str], current: str, status: str) -> list[str]:
+    """The phases an investigation has finished: INTAKE once it started, and every phase it
+    entered but the current one (unless it completed)."""
+    done = {p for p in entered if p != current or status == "completed"}
+    if status != "queued":
+        done.add("intake")
+    return [p for p in PHASE_ORDER if p in done]
 
 
 def _id(value: str) -> uuid.UUID:
@@ -53,6 +69,10 @@ def to_proto(row: Mapping[str, Any]) -> investigation_pb2.Investigation:
         requested_by=row["requested_by"],
         trigger_source=row["trigger_source"],
         hypothesis_iteration=row["hypothesis_iteration"],
+        max_iterations=row["max_iterations"],
+        phases_done=phases_done(row["phases_entered"], row["phase"], row["status"]),
+        steps_running=row["steps_running"],
+        elapsed_seconds=round(max(float(row["elapsed_seconds"]), 0.0), 3),
         usage=types_pb2.Usage(
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
@@ -66,6 +86,8 @@ def to_proto(row: Mapping[str, Any]) -> investigation_pb2.Investigation:
     message.updated_at.FromDatetime(row["updated_at"])
     if row["completed_at"] is not None:
         message.completed_at.FromDatetime(row["completed_at"])
+    if row["started_at"] is not None:
+        message.started_at.FromDatetime(row["started_at"])
     for name in ("verdict", "summary", "error", "report_url"):
         if row[name] is not None:
             setattr(message, name, row[name])
