@@ -43,6 +43,7 @@ import httpx
 from google.protobuf import json_format, struct_pb2
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_orchestrator.rows import json_object
 from pm_secrets import SecretSource
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ async def record_deliveries(conn: asyncpg.Connection, investigation: Mapping[str
     targets: list[tuple[str, str]] = []
     if investigation["callback_url"]:
         targets.append(("callback", str(investigation["callback_url"])))
-    context = _json(investigation["trigger_context"])
+    context = json_object(investigation["trigger_context"])
     response_url = str((context.get("slack") or {}).get("response_url") or "")
     if response_url.startswith("https://") or response_url.startswith("http://"):
         targets.append(("slack", response_url))
@@ -310,11 +311,3 @@ class Deliverer:
             outcome.error,
             extra={"investigation_id": str(row["investigation_id"]), "attempts": attempts, "target": row["target"]},
         )
-
-
-def _json(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        value = json.loads(value)
-    return dict(value) if isinstance(value, Mapping) else {}

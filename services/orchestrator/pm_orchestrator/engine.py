@@ -25,7 +25,6 @@ orchestrator replicas can consume side by side:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,6 +40,7 @@ from pm.events.v1 import events_pb2
 from pm_errors import Conflict, NotFound
 from pm_orchestrator.delivery import Publishing, record_deliveries
 from pm_orchestrator.report import render_html, render_markdown
+from pm_orchestrator.rows import json_object
 from pm_storage import ObjectStore
 from pm_streams import STREAM_AGENT_TASKS, STREAM_INVESTIGATIONS, STREAM_INVESTIGATIONS_URGENT, Delivery
 from pm_streams.outbox import OutboxRelay
@@ -167,7 +167,7 @@ class Engine:
             investigation = await self._lock(conn, message.investigation_id)
             if investigation is None or investigation["status"] != "queued":
                 return  # unknown, or already started by another delivery or replica
-            limits = self._budget.limits(_json(investigation["budget"]))
+            limits = self._budget.limits(json_object(investigation["budget"]))
             await conn.execute(
                 "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now(), budget = $2,"
                 " deadline_at = coalesce(deadline_at, now() + make_interval(secs => $3)) WHERE id = $1",
@@ -217,7 +217,7 @@ class Engine:
             " WHERE id = $1",
             investigation_id,
         )
-        limits = _json(row["budget"])
+        limits = json_object(row["budget"])
         if row["late"]:
             return f"deadline of {float(limits.get('wall_seconds', 0)):.0f}s passed"
         if "max_tool_calls" in limits and row["tool_calls"] > int(limits["max_tool_calls"]):
@@ -329,7 +329,7 @@ class Engine:
             investigation_id,
             phase,
         )
-        return [str(_json(row["output"]).get("state_uri", "")) for row in rows]
+        return [str(json_object(row["output"]).get("state_uri", "")) for row in rows]
 
     async def _dispatch(
         self,
@@ -462,7 +462,7 @@ class Engine:
                     phase=step["phase"],
                     role=step["agent_role"],
                     attempt=step["attempt"],
-                    inputs=_json(step["input"]),
+                    inputs=json_object(step["input"]),
                 )
                 await conn.execute("UPDATE investigation_steps SET dispatched_at = now() WHERE id = $1", step["id"])
                 await self.event(
@@ -572,7 +572,7 @@ class Engine:
             step["phase"],
             f"step {step['agent_role']} failed ({error[:200]}); attempt {step['attempt'] + 1} in {delay:.0f}s",
         )
-        states = list(_json(step["input"]).get("state_uris", []))
+        states = list(json_object(step["input"]).get("state_uris", []))
         await self._dispatch(
             conn, investigation, step["phase"], step["agent_role"], step["attempt"] + 1, states, delay=delay
         )
@@ -640,7 +640,7 @@ class Engine:
                 " AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
                 investigation["id"],
             )
-            findings = _json(row["output"]) if row else {}
+            findings = json_object(row["output"]) if row else {}
             if investigation["error"]:
                 findings = partial(findings, str(investigation["error"]))
         record = {"id": str(investigation["id"]), "ticket_id": investigation["ticket_id"]}
@@ -784,11 +784,3 @@ def partial(findings: Mapping[str, Any], reason: str) -> dict[str, Any]:
 
 def _result_output(result: events_pb2.AgentResult) -> dict[str, Any]:
     return json_format.MessageToDict(result.output) if result.HasField("output") else {}
-
-
-def _json(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        value = json.loads(value)
-    return dict(value) if isinstance(value, Mapping) else {}
