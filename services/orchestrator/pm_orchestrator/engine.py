@@ -487,16 +487,21 @@ class Engine:
     async def _record_run(
         self, conn: asyncpg.Connection, step: asyncpg.Record, result: events_pb2.AgentResult, status: str
     ) -> None:
+        usage = result.usage
+        reasoner = "llm" if result.model and result.model != "none" else "rule"
         await conn.execute(
             "INSERT INTO agent_runs (id, investigation_id, step_id, task_id, agent_name, phase, reasoner, status,"
-            " tool_calls, output_uri, trace_uri, error, worker_id, duration_ms)"
-            " VALUES ($1, $2, $3, $4, $5, $6, 'rule', $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (task_id) DO NOTHING",
+            " tool_calls, output_uri, trace_uri, error, worker_id, duration_ms, model, input_tokens, output_tokens,"
+            " cache_creation_tokens, cache_read_tokens, cost_usd, llm_calls)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            " ON CONFLICT (task_id) DO NOTHING",
             uuid.uuid4(),
             step["investigation_id"],
             step["id"],
             step["task_id"],
-            f"rule:{step['agent_role']}",
+            f"{reasoner}:{step['agent_role']}",
             step["phase"],
+            reasoner,
             status,
             len(result.tool_call_ids),
             result.output_uri or None,
@@ -504,6 +509,13 @@ class Engine:
             result.error or None,
             result.worker_id or None,
             max(result.duration_ms, 0),
+            result.model or "none",
+            max(usage.input_tokens, 0),
+            max(usage.output_tokens, 0),
+            max(usage.cache_creation_input_tokens, 0),
+            max(usage.cache_read_input_tokens, 0),
+            max(usage.cost_usd, 0.0),
+            max(usage.llm_calls, 0),
         )
         await conn.execute(
             "UPDATE investigation_steps SET status = $2, output = $3, output_uri = $4, trace_uri = $5, error = $6,"
@@ -517,10 +529,18 @@ class Engine:
             result.worker_id or None,
             max(result.duration_ms, 0),
         )
+        # What the step spent counts toward the investigation's totals (and so its budgets).
         await conn.execute(
-            "UPDATE investigations SET tool_calls = tool_calls + $2, updated_at = now() WHERE id = $1",
+            "UPDATE investigations SET tool_calls = tool_calls + $2, input_tokens = input_tokens + $3,"
+            " output_tokens = output_tokens + $4, cache_creation_tokens = cache_creation_tokens + $5,"
+            " cache_read_tokens = cache_read_tokens + $6, cost_usd = cost_usd + $7, updated_at = now() WHERE id = $1",
             step["investigation_id"],
             len(result.tool_call_ids),
+            max(usage.input_tokens, 0),
+            max(usage.output_tokens, 0),
+            max(usage.cache_creation_input_tokens, 0),
+            max(usage.cache_read_input_tokens, 0),
+            max(usage.cost_usd, 0.0),
         )
 
     async def _succeeded(
