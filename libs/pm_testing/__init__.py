@@ -1,12 +1,16 @@
-"""Test support: access to the real components that `./pm test` starts.
+"""Test support: access to the real components that `./pm test` starts, and local stand-ins for
+what is outside our control.
 
 Integration tests talk to a real PostgreSQL 16 + pgvector, Redis, OpenBao and S3-compatible
 server, and run real Envoy and service processes. `./pm test` starts them and exports where they
 are (PM_TEST_* variables). A test that needs them and finds them missing fails with a message
-saying so; it is never skipped.
+saying so; it is never skipped. The LLM APIs are the exception: `running_fake_llm` serves the
+Anthropic Messages and OpenAI Chat Completions APIs with scripted replies on loopback, so the real
+SDK clients run against it.
 """
 
 from pm_testing.envoy import build_descriptor_set, render_envoy_config, running_envoy
+from pm_testing.fake_llm import FakeLLM, running_fake_llm
 from pm_testing.postgres import PrivatePostgres, private_postgres
 from pm_testing.processes import free_port, wait_for
 from pm_testing.redis import PrivateRedis, private_redis
@@ -14,6 +18,7 @@ from pm_testing.services import ServiceProcess, health_status, running_service
 from pm_testing.stack import StackEnv, fresh_bucket, fresh_database, stack_env, unique_name
 
 __all__ = [
+    "FakeLLM",
     "PrivatePostgres",
     "PrivateRedis",
     "ServiceProcess",
@@ -27,6 +32,7 @@ __all__ = [
     "private_redis",
     "render_envoy_config",
     "running_envoy",
+    "running_fake_llm",
     "running_service",
     "stack_env",
     "unique_name",
