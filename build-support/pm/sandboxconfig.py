@@ -38,6 +38,15 @@ ROLES = {
     "gather.traces": ["traces.search"],
     "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
     "verify": ["changes.diff"],
+    "recommend": [
+        "logs.search",
+        "metrics.query",
+        "traces.search",
+        "changes.deploys",
+        "changes.commits",
+        "changes.diff",
+        "flags.changes",
+    ],
     "investigator": sorted(set(SANDBOX_TOOLS.values())),
 }
 

@@ -395,7 +395,8 @@ class Engine:
             agent_role=role,
             attempt=attempt,
             model_tier=str(investigation["mode"]),
-            reasoner="rule",
+            # The worker decides: its LLM reasoner when it has a key, else the rule reasoner.
+            reasoner="auto",
             input=json_format.ParseDict(dict(inputs), struct_pb2.Struct()),
         )
         task.dispatched_at.FromDatetime(datetime.now(UTC))
@@ -519,7 +520,7 @@ class Engine:
         )
         await conn.execute(
             "UPDATE investigation_steps SET status = $2, output = $3, output_uri = $4, trace_uri = $5, error = $6,"
-            " worker_id = $7, finished_at = now(), duration_ms = $8 WHERE id = $1",
+            " worker_id = $7, finished_at = now(), duration_ms = $8, reasoner = $9 WHERE id = $1",
             step["id"],
             "succeeded" if status == "succeeded" else "failed",
             json_format.MessageToDict(result.output) if result.HasField("output") else None,
@@ -528,6 +529,7 @@ class Engine:
             result.error or None,
             result.worker_id or None,
             max(result.duration_ms, 0),
+            reasoner,
         )
         # What the step spent counts toward the investigation's totals (and so its budgets).
         await conn.execute(

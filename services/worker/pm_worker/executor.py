@@ -21,19 +21,24 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from prometheus_client import CollectorRegistry, Counter
 
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
 from pm_errors import NotFound, PmError
 from pm_storage import ObjectStore
 from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
+from pm_worker.llm.conclude import RegistryTools, conclude_with_llm
+from pm_worker.llm.loop import AgentLoop
+from pm_worker.llm.protocol import AnswerMissing, ProviderRejected, StructuredOutputInvalid
 from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION
-from pm_worker.rules.steps import StepInputError, run_role
+from pm_worker.rules.steps import StepInputError, load_case, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ class StepExecutor:
         tool_timeout_seconds: float = 60.0,
         concurrency: int = 1,
         candidates_per_iteration: int = CANDIDATES_PER_ITERATION,
+        llm: LLMSetup | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -78,6 +85,8 @@ class StepExecutor:
         self._tool_timeout = tool_timeout_seconds
         self._concurrency = concurrency
         self._per_iteration = candidates_per_iteration
+        self._llm = llm
+        self._llm_metrics = LLMMetrics(metrics) if llm is not None else None
 
     def subscribe(self) -> None:
         self._bus.subscribe(
@@ -109,8 +118,10 @@ class StepExecutor:
             trace_context=dict(task.trace_context),
         )
         try:
-            if task.reasoner not in ("", "rule"):
-                raise StepInputError(f"reasoner {task.reasoner!r} is not available on this worker")
+            if task.reasoner not in ("", "rule", "auto", "llm"):
+                raise StepInputError(f"unknown reasoner {task.reasoner!r}")
+            if task.reasoner == "llm" and self._llm is None:
+                raise StepInputError("the LLM reasoner is not configured on this worker (no LLM key)")
             inputs = json_format.MessageToDict(task.input) if task.HasField("input") else {}
             tools = RegistryToolBox(
                 self._registry,
@@ -124,6 +135,9 @@ class StepExecutor:
             )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
             state, output = await run_role(tools, task.agent_role, states, per_iteration=self._per_iteration)
+            llm_trace: list[dict[str, Any]] = []
+            if task.agent_role == "recommend" and self._llm is not None and task.reasoner != "rule":
+                output, llm_trace = await self._conclude(task, tools, state, output, result)
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}
@@ -132,7 +146,9 @@ class StepExecutor:
             trace = {
                 "task_id": task.task_id,
                 "role": task.agent_role,
-                "reasoner": "rule",
+                "reasoner": "llm" if result.model else "rule",
+                "model": result.model,
+                "llm_turns": llm_trace,
                 "worker_id": self.worker_id,
                 "tool_calls": tools.calls,
                 "tool_call_ids": call_ids,
@@ -145,9 +161,14 @@ class StepExecutor:
             result.output_uri = output_ref.uri(self._store.bucket)
             result.trace_uri = trace_ref.uri(self._store.bucket)
             result.tool_call_ids.extend(call_ids)
-        except (StepInputError, InvestigationEnded) as exc:
+        except (StepInputError, InvestigationEnded, ProviderRejected) as exc:
             result.status = events_pb2.STEP_STATUS_FAILED_PERMANENT
             result.error = str(exc)
+        except (StructuredOutputInvalid, AnswerMissing) as exc:
+            # The model did not give a valid answer after its corrective turn: the step fails
+            # visibly with what was wrong (and is retried; a new conversation may succeed).
+            result.status = events_pb2.STEP_STATUS_FAILED
+            result.error = f"the model's answer was not usable: {exc}"[:2000]
         except (PmError, grpc.aio.AioRpcError, OSError) as exc:
             # The registry, the object store or a dependency failed: a retry may succeed.
             result.status = events_pb2.STEP_STATUS_FAILED
@@ -168,6 +189,49 @@ class StepExecutor:
         )
         return result
 
+    async def _conclude(
+        self,
+        task: events_pb2.AgentTask,
+        box: RegistryToolBox,
+        state: Mapping[str, Any],
+        rule_findings: Mapping[str, Any],
+        result: events_pb2.AgentResult,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The LLM's RECOMMEND on the rule reasoner's state; fills the result's model and usage."""
+        assert self._llm is not None
+        assert self._llm_metrics is not None
+        model = self._llm.models.get(task.model_tier) or self._llm.models["balanced"]
+        conclusion = await conclude_with_llm(self._llm.loop, model, RegistryTools(box), load_case(state), rule_findings)
+        loop_result = conclusion.result
+        if loop_result is None:  # the providers were down: the rule reasoner's conclusion
+            return conclusion.findings, []
+        usage = loop_result.usage
+        result.model = loop_result.model
+        result.usage.CopyFrom(
+            types_pb2.Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
+                cost_usd=usage.cost_usd,
+                llm_calls=usage.calls,
+                tool_calls=len(loop_result.call_ids),
+            )
+        )
+        domain = str(json_format.MessageToDict(task.input).get("server", "")) if task.HasField("input") else ""
+        self._llm_metrics.record(loop_result.usage_by_model, domain)
+        findings = {
+            **conclusion.findings,
+            "llm": {
+                "provider": loop_result.provider,
+                "switched_provider": loop_result.switched_provider,
+                "turns": loop_result.turns,
+                "corrections": loop_result.corrections,
+                "compactions": loop_result.compactions,
+            },
+        }
+        return findings, loop_result.trace
+
     async def _read_state(self, uri: str) -> dict[str, Any]:
         key, version = _s3_key(uri, self._store.bucket)
         try:
@@ -185,6 +249,33 @@ class StepExecutor:
     async def _put_json(self, key: str, value: Mapping[str, Any]) -> Any:
         data = json.dumps(value, sort_keys=True, default=str).encode()
         return await self._store.put(key, data, content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSetup:
+    """The LLM reasoner of this worker: its loop and the model of each mode."""
+
+    loop: AgentLoop
+    models: Mapping[str, str]  # mode (fast, balanced, deep) -> model id
+
+
+class LLMMetrics:
+    """pm_llm_tokens_total{model,type} and pm_llm_cost_dollars_total{model,domain}."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.tokens = Counter("pm_llm_tokens", "LLM tokens by model and type.", ["model", "type"], registry=registry)
+        self.cost = Counter("pm_llm_cost_dollars", "LLM spend in US dollars.", ["model", "domain"], registry=registry)
+
+    def record(self, usage_by_model: Mapping[str, Any], domain: str) -> None:
+        for model, usage in usage_by_model.items():
+            for kind, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_creation", usage.cache_creation_input_tokens),
+                ("cache_read", usage.cache_read_input_tokens),
+            ):
+                self.tokens.labels(model, kind).inc(count)
+            self.cost.labels(model, domain or "none").inc(usage.cost_usd)
 
 
 def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:

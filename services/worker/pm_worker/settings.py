@@ -1,5 +1,7 @@
 """Settings of the worker (environment variables, read once in main())."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from pm_settings import ObjectStoreSettings, RedisSettings, RegistryClientSettings, ServiceSettings
@@ -21,3 +23,19 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     # Candidate changes the rule reasoner verifies per HYPOTHESIZE ⇄ VERIFY iteration (one diff
     # each); the rest wait for the next iteration, and iterations are bounded by mode (1/3/5).
     rule_candidates_per_iteration: int = Field(default=4, ge=1, le=50)
+    # Which reasoner concludes: auto (the LLM when a key is configured, else the rules), rule,
+    # or llm (refuses to start without a key). Keys are secrets: anthropic-api-key and
+    # openai-api-key (Vault first, then ANTHROPIC_API_KEY / OPENAI_API_KEY).
+    reasoner: Literal["auto", "rule", "llm"] = "auto"
+    anthropic_base_url: str = ""
+    # An OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp): the fallback when the
+    # Anthropic API is unavailable, or the only provider when it has the only key.
+    openai_base_url: str = ""
+    openai_model: str = ""
+    # The model of each mode.
+    llm_model_fast: str = "claude-haiku-5-5"
+    llm_model_balanced: str = "claude-sonnet-5-5"
+    llm_model_deep: str = "claude-opus-5-5"
+    llm_max_turns: int = Field(default=12, ge=1, le=100)
+    llm_max_tokens: int = Field(default=4096, ge=256, le=64_000)
+    llm_context_limit_tokens: int = Field(default=200_000, ge=8_000, le=2_000_000)

@@ -48,6 +48,16 @@ ROLE_CAPABILITIES = {
     "gather.traces": ("traces.search",),
     "gather.changes": ("changes.deploys", "changes.commits", "flags.changes"),
     "verify": ("changes.diff",),
+    # The LLM's RECOMMEND may confirm what the state lacks (the rule reasoner's calls none).
+    "recommend": (
+        "logs.search",
+        "metrics.query",
+        "traces.search",
+        "changes.deploys",
+        "changes.commits",
+        "changes.diff",
+        "flags.changes",
+    ),
 }
 STATE_VERSION = 2
 

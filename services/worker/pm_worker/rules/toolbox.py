@@ -102,10 +102,24 @@ class RegistryToolBox:
             raise Unavailable(f"registry: {exc.code().name}: {exc.details()}") from None
         return sorted(reply.tools, key=lambda t: (t.server, t.name))
 
+    async def tools(self) -> list[Any]:
+        """Every tool this role may call (registry ToolInfo messages, by server and name)."""
+        try:
+            reply = await self._stub.ListTools(
+                registry_pb2.ListToolsRequest(agent_role=self._role), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"registry: {exc.code().name}: {exc.details()}") from None
+        return sorted(reply.tools, key=lambda t: (t.server, t.name))
+
     async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer:
         route = await self.route(capability)
         if route is None:
             return Answer("", capability, "", error=f"no tool for {capability} is available to role {self._role}")
+        return await self.call_tool(route, arguments, capability)
+
+    async def call_tool(self, route: Route, arguments: Mapping[str, Any], capability: str = "") -> Answer:
+        """Call one tool by server and name (the LLM reasoner's tools are named, not routed)."""
         args = struct_pb2.Struct()
         args.update({k: v for k, v in arguments.items() if v is not None})
         self.calls += 1
