@@ -98,8 +98,15 @@ def run_case(api: Api, server: str, case: Path, run_id: str) -> tuple[CaseScore,
     if status != 200:
         return failed_case(case.name, truth, f"report answered {status}", time.monotonic() - started), {}
     found = findings_of(report)
-    tool_calls = int((investigation.get("usage") or {}).get("tool_calls", 0))
-    score = score_case(case.name, found, truth, seconds=time.monotonic() - started, tool_calls=tool_calls)
+    usage = investigation.get("usage") or {}
+    score = score_case(
+        case.name,
+        found,
+        truth,
+        seconds=time.monotonic() - started,
+        tool_calls=int(usage.get("tool_calls", 0)),
+        cost_usd=float(usage.get("cost_usd", 0.0)),
+    )
     return score, {**found, "investigation_id": investigation_id, "summary": report.get("summary", "")}
 
 
@@ -115,7 +122,13 @@ def evaluate(api: Api, cases: Sequence[tuple[str, Path]], output: Path | None) -
             f"  {case.name}: {score.verdict or 'ERROR'} {score.found_commit[:12]} ({score.seconds:.1f}s) {score.error}",
             flush=True,
         )
-    result: dict[str, Any] = {"reasoner": "rule", "pipeline": "full", "summary": summary(scores), "findings": findings}
+    reasoner = "llm" if any(s.cost_usd > 0 for s in scores) else "rule"
+    result: dict[str, Any] = {
+        "reasoner": reasoner,
+        "pipeline": "full",
+        "summary": summary(scores),
+        "findings": findings,
+    }
     overall = result["summary"]
     print()
     print(table(scores))
@@ -125,6 +138,7 @@ def evaluate(api: Api, cases: Sequence[tuple[str, Path]], output: Path | None) -
         f"first failing service: {overall['first_failing_service_accuracy']}  "
         f"blast radius (Jaccard): {overall['blast_radius_jaccard_mean']}  "
         f"remediation: {overall['remediation_accuracy']}  mean time per case: {overall['seconds_per_case_mean']}s"
+        f"  cost: ${overall['cost_usd_total']:.4f} ({reasoner} reasoner)"
     )
     if output is not None:
         output.write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -26,6 +26,8 @@ class CaseScore:
     seconds: float
     tool_calls: int
     error: str = ""
+    # What the investigation's LLM calls cost (0 with the rule reasoner).
+    cost_usd: float = 0.0
 
 
 def jaccard(left: Iterable[str], right: Iterable[str]) -> float:
@@ -34,7 +36,13 @@ def jaccard(left: Iterable[str], right: Iterable[str]) -> float:
 
 
 def score_case(
-    case: str, findings: Mapping[str, Any], truth: Mapping[str, Any], *, seconds: float, tool_calls: int
+    case: str,
+    findings: Mapping[str, Any],
+    truth: Mapping[str, Any],
+    *,
+    seconds: float,
+    tool_calls: int,
+    cost_usd: float = 0.0,
 ) -> CaseScore:
     expected = str(truth.get("root_cause_commit", "none")).lower()
     found = str(findings.get("root_cause_commit", "none")).lower()
@@ -50,6 +58,7 @@ def score_case(
         remediation_correct=(findings.get("remediation") or {}).get("class") == truth.get("remediation"),
         seconds=round(seconds, 2),
         tool_calls=tool_calls,
+        cost_usd=round(cost_usd, 6),
     )
 
 
@@ -79,6 +88,8 @@ def summary(scores: Sequence[CaseScore]) -> dict[str, Any]:
         "seconds_per_case_mean": round(sum(s.seconds for s in scores) / count, 2),
         "seconds_per_case_max": max((s.seconds for s in scores), default=0.0),
         "tool_calls_per_case_mean": round(sum(s.tool_calls for s in scores) / count, 1),
+        "cost_usd_per_case_mean": round(sum(s.cost_usd for s in scores) / count, 6),
+        "cost_usd_total": round(sum(s.cost_usd for s in scores), 6),
         "failed_cases": [s.case for s in scores if s.error],
         "per_case": [asdict(s) for s in scores],
     }
@@ -86,12 +97,16 @@ def summary(scores: Sequence[CaseScore]) -> dict[str, Any]:
 
 def table(scores: Sequence[CaseScore]) -> str:
     """A fixed-width table for the terminal."""
-    header = f"{'case':40} {'commit':7} {'verdict':16} {'found':9} {'first':6} {'blast':6} {'fix':4} {'secs':>6}"
+    header = (
+        f"{'case':40} {'commit':7} {'verdict':16} {'found':9} {'first':6} {'blast':6} {'fix':4} {'secs':>6}"
+        f" {'cost $':>8}"
+    )
     lines = [header, "-" * len(header)]
     for s in scores:
         lines.append(
             f"{s.case[:40]:40} {'ok' if s.commit_correct else 'WRONG':7} {(s.verdict or 'ERROR')[:16]:16} "
             f"{s.found_commit[:8] or '-':9} {'ok' if s.first_failing_correct else 'no':6} "
             f"{s.blast_radius_jaccard:<6.2f} {'ok' if s.remediation_correct else 'no':4} {s.seconds:6.1f}"
+            f" {s.cost_usd:8.4f}"
         )
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pm_worker.rules.scoring import jaccard, score_case, summary
+from pm_worker.rules.scoring import jaccard, score_case, summary, table
 from pm_worker.rules.signals import analyse_diff, error_onsets, identifiers, mechanisms, onset, paths, words
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -116,3 +116,18 @@ def test_scores_follow_the_benchmark_rules() -> None:
     assert overall["none_case_accuracy"] == 0.5
     assert overall["change_case_accuracy"] is None
     assert jaccard(["a", "b"], ["b", "c"]) == 1 / 3
+
+
+def test_the_cost_of_each_case_is_summed_and_shown() -> None:
+    truth = {"root_cause_commit": "abc", "first_failing_service": "api", "blast_radius": [], "remediation": "rollback"}
+    findings = {"root_cause_commit": "abc", "verdict": "ROOT_CAUSE", "first_failing_service": "api"}
+    scores = [
+        score_case("one", findings, truth, seconds=2.0, tool_calls=5, cost_usd=0.0215),
+        score_case("two", findings, truth, seconds=3.0, tool_calls=7, cost_usd=0.0385),
+    ]
+    overall = summary(scores)
+    assert overall["cost_usd_total"] == 0.06
+    assert overall["cost_usd_per_case_mean"] == 0.03
+    rows = table(scores).splitlines()
+    assert rows[0].split()[-2:] == ["cost", "$"]
+    assert rows[2].split()[-1] == "0.0215"
