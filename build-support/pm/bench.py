@@ -1,12 +1,16 @@
 """`./pm bench intake`: intake throughput and latency through Envoy on a stack of its own.
 
 The stack (profile "bench", data in .stack/bench) is started from empty data with the packaged
-services, exactly as `./pm up` does, with a PagerDuty and a Jira webhook secret and a rate limit
-too high to bind. For each path and concurrency, wrk (one thread, keep-alive connections) sends
-requests for a fixed time; each request is distinct (its own incident, issue or ticket) and
-signed over its exact bytes where the path needs it, so every 2xx must become exactly one new
-investigation row and one stream entry, which is checked after each run. Peak memory (PSS) is sampled
-per component (PostgreSQL with its backends) during each run. Everything shares this machine's cores.
+services, as `./pm up` does, with a PagerDuty and a Jira webhook secret, rate limits too high to
+bind and one trace in a hundred recorded (TRACE_SAMPLE_RATIO). The orchestrator starts only
+before the reads, on streams of its own, so it neither runs the investigations the write runs
+create nor relays their outbox rows (whole investigations are `./pm bench engine`). For each path
+and concurrency, wrk (one thread, keep-alive connections) sends requests for a fixed time; each
+request is distinct (its own incident, issue or ticket, or for reads its own existing
+investigation) and signed over its exact bytes where the path needs it. After each write run,
+every 2xx must have become exactly one new investigation row and one stream entry; after each
+read run, every answer must have been a 2xx. Peak memory (PSS) is sampled per component
+(PostgreSQL with its backends) during each run. Everything shares this machine's cores.
 """
 
 # ruff: noqa: T201 -- a command-line front end: printing is its output.
@@ -21,12 +25,16 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import infra
 import psutil
 import stack
+from processes import wait_for
 from profiles import REPO_ROOT, Profile, StackError
 from statefile import load_state
 
@@ -34,7 +42,10 @@ PD_SECRET = "bench-pagerduty-secret"
 JIRA_SECRET = "bench-jira-secret"
 API_KEY = "bench-api-key-0001"
 MAX_RATE = 6000  # requests per second a run is prepared for (distinct requests are pre-built)
-RSS_COMPONENTS = ("envoy", "ingest", "postgres", "redis")
+RSS_COMPONENTS = ("envoy", "ingest", "orchestrator", "postgres", "redis")
+TRACE_SAMPLE_RATIO = "0.01"
+# The orchestrator's streams while it serves the reads: none that ingest writes to.
+IDLE_ENGINE_NAMESPACE = "bench-reads-only:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,36 +62,56 @@ class Run:
     p50_ms: float
     p99_ms: float
     max_ms: float
-    rows: int
-    stream_entries: int
+    # Write paths: new investigation rows and stream entries. Reads: None.
+    rows: int | None
+    stream_entries: int | None
+    # Reads: answers that were not 2xx (wrk itself counts only 4xx and 5xx as errors). Writes: None.
+    non_2xx: int | None
     peak_rss_mb: Mapping[str, float]
 
     @property
     def consistent(self) -> bool:
-        """Every 2xx became exactly one row and one stream entry.
+        """Writes: every 2xx became exactly one row and one stream entry. Reads: every answer was a 2xx.
 
         wrk stops with up to `concurrency` requests in flight and does not count their answers,
         so those may add rows beyond the counted 2xx; each row still has exactly one entry.
         """
+        if self.rows is None or self.stream_entries is None:
+            return self.non_2xx == 0
         return self.ok <= self.rows <= self.ok + self.concurrency and self.rows == self.stream_entries
 
 
 @dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request as wrk sends it: a method, a path, one header besides Content-Type, a body."""
+
+    method: str
+    path: str
+    header: tuple[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class BenchPath:
-    """A benchmarked request path: how to build its requests and where its rows and entries land."""
+    """A benchmarked request path: how to build its requests and, for writes, where rows and entries land."""
 
     name: str
-    url_path: str
-    stream: str
-    trigger_source: str
-    build: Callable[[int, str], tuple[dict[str, str], bytes]]
+    # Distinct requests for one run: (profile, how many, run id).
+    requests: Callable[[Profile, int, str], Iterable[Request]]
+    stream: str | None = None
+    trigger_source: str | None = None
+
+    @property
+    def reads(self) -> bool:
+        """Whether the path only reads (checked by status, not by rows and entries)."""
+        return self.stream is None
 
 
 def _hmac(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _pagerduty(i: int, run_id: str) -> tuple[dict[str, str], bytes]:
+def _pagerduty(i: int, run_id: str) -> Request:
     body = json.dumps(
         {
             "event": {
@@ -96,42 +127,74 @@ def _pagerduty(i: int, run_id: str) -> tuple[dict[str, str], bytes]:
         },
         separators=(",", ":"),
     ).encode()
-    return {"X-PagerDuty-Signature": "v1=" + _hmac(PD_SECRET, body), "Content-Type": "application/json"}, body
+    return Request(
+        "POST", "/api/v1/webhooks/pagerduty", ("X-PagerDuty-Signature", "v1=" + _hmac(PD_SECRET, body)), body
+    )
 
 
-def _jira(i: int, run_id: str) -> tuple[dict[str, str], bytes]:
+def _jira(i: int, run_id: str) -> Request:
     body = json.dumps(
         {"webhookEvent": "jira:issue_created", "issue": {"key": f"JB{run_id}-{i}"}, "user": {"displayName": "bench"}},
         separators=(",", ":"),
     ).encode()
-    return {"X-Hub-Signature": "sha256=" + _hmac(JIRA_SECRET, body), "Content-Type": "application/json"}, body
+    return Request("POST", "/api/v1/webhooks/jira", ("X-Hub-Signature", "sha256=" + _hmac(JIRA_SECRET, body)), body)
 
 
-def _submit(i: int, run_id: str) -> tuple[dict[str, str], bytes]:
+def _submit(i: int, run_id: str) -> Request:
     body = json.dumps({"ticket_id": f"SB{run_id}-{i}", "mode": "fast"}, separators=(",", ":")).encode()
-    return {"x-api-key": API_KEY, "Content-Type": "application/json"}, body
+    return Request("POST", "/api/v1/investigate", ("x-api-key", API_KEY), body)
+
+
+def _each(build: Callable[[int, str], Request]) -> Callable[[Profile, int, str], Iterable[Request]]:
+    return lambda profile, count, run_id: (build(i, run_id) for i in range(count))
+
+
+def _reads(profile: Profile, count: int, run_id: str) -> Iterable[Request]:
+    """GETs of `count` distinct existing investigations in random order, first adding finished
+    ones when the earlier runs did not leave that many."""
+    missing = count - int(_psql(profile, "SELECT count(*) FROM investigations"))
+    if missing > 0:
+        _psql(
+            profile,
+            "INSERT INTO investigations (id, ticket_id, mode, status, phase, trigger_source, requested_by, verdict,"
+            " confidence, summary, completed_at)"
+            f" SELECT gen_random_uuid(), 'RB{run_id}-' || n, 'fast', 'completed', 'deliver', 'api', 'bench',"
+            " 'INCONCLUSIVE', 0.5, 'No cause found in the evidence gathered.', now()"
+            f" FROM generate_series(1, {missing}) AS n",
+        )
+    ids = _psql(profile, f"SELECT id FROM investigations ORDER BY random() LIMIT {count}").split()
+    return (Request("GET", f"/api/v1/investigations/{i}", ("x-api-key", API_KEY)) for i in ids)
 
 
 PATHS = (
-    BenchPath(
-        "pagerduty webhook (signed)", "/api/v1/webhooks/pagerduty", "pm.investigations.urgent", "pagerduty", _pagerduty
-    ),
-    BenchPath("jira webhook (signed)", "/api/v1/webhooks/jira", "pm.investigations", "jira_webhook", _jira),
-    BenchPath("API submission (x-api-key)", "/api/v1/investigate", "pm.investigations", "api", _submit),
+    BenchPath("pagerduty webhook (signed)", _each(_pagerduty), "pm.investigations.urgent", "pagerduty"),
+    BenchPath("jira webhook (signed)", _each(_jira), "pm.investigations", "jira_webhook"),
+    BenchPath("API submission (x-api-key)", _each(_submit), "pm.investigations", "api"),
+    BenchPath("investigation read (x-api-key)", _reads),
 )
+PATH_NAMES = dict(zip(("pagerduty", "jira", "api", "reads"), PATHS, strict=True))
 
+# Each line of the requests file: method, path, header name, header value, body (tab-separated).
 _WRK_SCRIPT = """
 local requests = {}
 local next_index = 0
 init = function(args)
   for line in io.lines(args[1]) do
-    local tab = string.find(line, "\\t", 1, true)
-    local tab2 = string.find(line, "\\t", tab + 1, true)
-    local hname, hvalue = string.sub(line, 1, tab - 1), string.sub(line, tab + 1, tab2 - 1)
-    local body = string.sub(line, tab2 + 1)
-    local headers = {["Content-Type"] = "application/json"}
-    headers[hname] = hvalue
-    requests[#requests + 1] = wrk.format("POST", args[2], headers, body)
+    local fields, start = {}, 1
+    for _ = 1, 4 do
+      local tab = string.find(line, "\\t", start, true)
+      fields[#fields + 1] = string.sub(line, start, tab - 1)
+      start = tab + 1
+    end
+    local body = string.sub(line, start)
+    local headers = {}
+    headers[fields[3]] = fields[4]
+    if body == "" then
+      body = nil
+    else
+      headers["Content-Type"] = "application/json"
+    end
+    requests[#requests + 1] = wrk.format(fields[1], fields[2], headers, body)
   end
 end
 request = function()
@@ -147,10 +210,30 @@ done = function(summary, latency, requests)
   local out = io.open(os.getenv("PM_BENCH_OUT"), "w")
   local e = summary.errors
   out:write(string.format(
-    '{"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}',
+    '{"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,'
+    .. '"non_2xx":%d}',
     summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(99), latency.max, non_2xx_total()))
   out:close()
+end
+"""
+
+# Reads count every answer that is not a 2xx. Only their script has a response() callback:
+# with one, wrk parses every response in Lua, which the write paths do not pay for.
+_COUNT_NOTHING = """
+non_2xx_total = function() return -1 end
+"""
+_COUNT_NON_2XX = """
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+non_2xx = 0
+response = function(status, headers, body)
+  if status < 200 or status > 299 then non_2xx = non_2xx + 1 end
+end
+non_2xx_total = function()
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("non_2xx") end
+  return total
 end
 """
 
@@ -171,6 +254,8 @@ def _redis(profile: Profile, *args: str) -> int:
 
 
 def _counts(profile: Profile, path: BenchPath) -> tuple[int, int]:
+    if path.stream is None:
+        return 0, 0
     rows = int(_psql(profile, f"SELECT count(*) FROM investigations WHERE trigger_source = '{path.trigger_source}'"))
     return rows, _redis(profile, "XLEN", path.stream)
 
@@ -225,14 +310,12 @@ def _run(profile: Profile, path: BenchPath, concurrency: int, seconds: float, ru
     work = profile.dir / "bench"
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"requests-{run_id}.tsv"
-    count = int(MAX_RATE * seconds)
     with data.open("w") as out:
-        for i in range(count):
-            headers, body = path.build(i, run_id)
-            name, value = next((k, v) for k, v in headers.items() if k != "Content-Type")
-            out.write(f"{name}\t{value}\t{body.decode()}\n")
-    script = work / "intake.lua"
-    script.write_text(_WRK_SCRIPT)
+        for request in path.requests(profile, int(MAX_RATE * seconds), run_id):
+            name, value = request.header
+            out.write(f"{request.method}\t{request.path}\t{name}\t{value}\t{request.body.decode()}\n")
+    script = work / ("reads.lua" if path.reads else "intake.lua")
+    script.write_text(_WRK_SCRIPT + (_COUNT_NON_2XX if path.reads else _COUNT_NOTHING))
     result_file = work / f"result-{run_id}.json"
     rows_before, entries_before = _counts(profile, path)
     state = load_state(profile.state_file)
@@ -246,7 +329,7 @@ def _run(profile: Profile, path: BenchPath, concurrency: int, seconds: float, ru
     url = f"http://{profile.address('envoy')}"
     # Arguments after the URL go to the script's init().
     command = [wrk, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), url]
-    command += [str(data), path.url_path]
+    command += [str(data)]
     with _RssSampler(pids) as sampler:
         subprocess.run(command, check=True, capture_output=True, env={"PM_BENCH_OUT": str(result_file)})
     _wait_outbox_drained(profile)
@@ -266,56 +349,103 @@ def _run(profile: Profile, path: BenchPath, concurrency: int, seconds: float, ru
         p50_ms=round(result["p50_us"] / 1000, 1),
         p99_ms=round(result["p99_us"] / 1000, 1),
         max_ms=round(result["max_us"] / 1000, 1),
-        rows=rows_after - rows_before,
-        stream_entries=entries_after - entries_before,
+        rows=None if path.reads else rows_after - rows_before,
+        stream_entries=None if path.reads else entries_after - entries_before,
+        non_2xx=result["non_2xx"] if path.reads else None,
         peak_rss_mb={k: round(v, 1) for k, v in sampler.peak.items()},
     )
 
 
+def _start_reads(profile: Profile, environ: Mapping[str, str]) -> None:
+    """Start the orchestrator with an idle engine and wait until it answers reads through Envoy."""
+    state = load_state(profile.state_file)
+    if state is not None and any(record.component == "orchestrator" for record in state.processes):
+        return
+    idle_engine = {"STREAM_NAMESPACE": IDLE_ENGINE_NAMESPACE, "RECONCILE_INTERVAL_SECONDS": "3600"}
+    stack.start_deferred(profile, environ, "orchestrator", idle_engine)
+    url = f"http://{profile.address('envoy')}/api/v1/investigations/{uuid.uuid4()}"
+
+    def answers() -> bool:
+        request = urllib.request.Request(url, headers={"x-api-key": API_KEY})
+        try:
+            urllib.request.urlopen(request, timeout=2).close()
+        except urllib.error.HTTPError as error:
+            return error.code == 404
+        except OSError:
+            return False
+        return True
+
+    wait_for(answers, what=f"GET {url} answered by the orchestrator", timeout=60.0)
+
+
+def _check(run: Run) -> str:
+    if run.rows is None:
+        counts = f"{run.ok} answers, {run.non_2xx} not 2xx"
+    else:
+        counts = f"{run.ok} 2xx, {run.rows} rows, {run.stream_entries} entries"
+    return f"yes ({counts})" if run.consistent else f"NO ({counts})"
+
+
 def _table(runs: Sequence[Run]) -> str:
     lines = [
-        "| path | c | req/s | p50 ms | p99 ms | max ms | requests | errors | rows = entries = 2xx "
-        "| peak memory (PSS) MB (envoy / ingest / postgres / redis) |",
+        "| path | c | req/s | p50 ms | p99 ms | max ms | requests | errors "
+        "| writes: rows = entries = 2xx; reads: all 2xx "
+        f"| peak memory (PSS) MB ({' / '.join(RSS_COMPONENTS)}) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        rss = " / ".join(f"{r.peak_rss_mb.get(c, 0):.0f}" for c in RSS_COMPONENTS)
-        counts = f"{r.ok} 2xx, {r.rows} rows, {r.stream_entries} entries"
-        check = f"yes ({counts})" if r.consistent else f"NO ({counts})"
+        # A component not running during the run (the orchestrator before the reads) shows "-".
+        rss = " / ".join(f"{r.peak_rss_mb[c]:.0f}" if c in r.peak_rss_mb else "-" for c in RSS_COMPONENTS)
         lines.append(
             f"| {r.path} | {r.concurrency} | {r.rps:.0f} | {r.p50_ms} | {r.p99_ms} | {r.max_ms} | {r.requests} | "
-            f"{r.errors} | {check} | {rss} |"
+            f"{r.errors} | {_check(r)} | {rss} |"
         )
     return "\n".join(lines)
 
 
 def bench_intake(
-    environ: Mapping[str, str], *, seconds: float, concurrencies: Sequence[int], keep: bool, ingest_replicas: int = 1
+    environ: Mapping[str, str],
+    *,
+    seconds: float,
+    concurrencies: Sequence[int],
+    keep: bool,
+    ingest_replicas: int = 1,
+    paths: Sequence[str] = (),
 ) -> int:
-    """Run the intake benchmark; exit 1 when a run had errors or rows that do not match its 2xx."""
+    """Run the intake benchmark; exit 1 when a run had errors, rows that do not match its 2xx, or
+    a read that was not answered 2xx. `paths` (names from PATH_NAMES) limits the paths run."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise StackError("wrk is not installed (apt-get install -y wrk)")
+    selected = [path for key, path in PATH_NAMES.items() if not paths or key in paths]
     bench_environ = {
         **environ,
         "PAGERDUTY_WEBHOOK_SECRET": PD_SECRET,
         "JIRA_WEBHOOK_SECRET": JIRA_SECRET,
         "API_KEYS": API_KEY,
         "RATE_LIMIT_INVESTIGATION_PER_MINUTE": str(10**9),
+        "RATE_LIMIT_QUERY_PER_MINUTE": str(10**9),
+        # As a deployment under this load would: record one trace in a hundred.
+        "TRACE_SAMPLE_RATIO": TRACE_SAMPLE_RATIO,
         "LOG_LEVEL": "warning",
         "PM_INGEST_REPLICAS": str(ingest_replicas),
     }
-    profile = stack.up_fresh("bench", bench_environ)
+    # The orchestrator serves the reads but must not run the thousands of investigations the
+    # write runs create, nor relay their outbox rows: it starts only before the first read run,
+    # on streams of its own, with no reconciler pass within the benchmark.
+    profile = stack.up_fresh("bench", bench_environ, deferred=("orchestrator",))
     runs: list[Run] = []
     try:
         run_number = 0
-        for path in PATHS:
+        for path in selected:
+            if path.reads:
+                _start_reads(profile, bench_environ)
             for concurrency in concurrencies:
                 run_number += 1
                 run = _run(profile, path, concurrency, seconds, f"{run_number:02d}", wrk)
                 runs.append(run)
                 print(
-                    f"pm: {run.path:<28} c={concurrency:<3} {run.rps:>7.0f} req/s  p50 {run.p50_ms:>6.1f} ms  "
+                    f"pm: {run.path:<31} c={concurrency:<3} {run.rps:>7.0f} req/s  p50 {run.p50_ms:>6.1f} ms  "
                     f"p99 {run.p99_ms:>6.1f} ms  errors {run.errors}  consistent {run.consistent}",
                     flush=True,
                 )
@@ -330,6 +460,15 @@ def bench_intake(
     print(f"\npm: results in {out.relative_to(REPO_ROOT)}")
     bad = [r for r in runs if r.errors or not r.consistent]
     return 1 if bad else 0
+
+
+def parse_paths(value: str) -> list[str]:
+    """`api,reads` -> ["api", "reads"]; empty means every path."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in PATH_NAMES]
+    if unknown:
+        raise StackError(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATH_NAMES)}")
+    return names
 
 
 def parse_concurrencies(value: str) -> list[int]:

@@ -42,8 +42,10 @@ usage: ./pm <command>
   demo                  one real investigation of the demo incident through the REST API (starts
                         the dev stack when needed); prints verdict, culprit, confidence, report
   bench intake [--seconds N] [--concurrency 1,8,32] [--ingest-replicas N] [--keep]
-                        intake throughput and latency through Envoy (wrk) on a fresh stack of its
-                        own in .stack/bench/; checks that every 2xx became one row and one entry
+               [--paths pagerduty,jira,api,reads]
+                        intake and read throughput and latency through Envoy (wrk) on a fresh
+                        stack of its own in .stack/bench/; checks that every write 2xx became one
+                        row and one entry and that every read was answered 2xx
   bench engine [--investigations N] [--concurrency 1,8,32] [--keep]
                         whole investigations (rule reasoner, demo incident) through Envoy on a fresh
                         stack of its own; investigations per minute, submit-to-verdict p50/p99, PSS
@@ -117,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,8,32")
     bench.add_argument("--keep", action="store_true")
     bench.add_argument("--ingest-replicas", type=int, default=1)
+    bench.add_argument("--paths", default="")
     bench.set_defaults(run=_bench)
     evaluation = commands.add_parser("eval", add_help=False)
     evaluation.add_argument("folder")
@@ -189,7 +192,12 @@ def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             environ, investigations=args.investigations, concurrencies=levels, keep=args.keep
         )
     return bench.bench_intake(
-        environ, seconds=args.seconds, concurrencies=levels, keep=args.keep, ingest_replicas=args.ingest_replicas
+        environ,
+        seconds=args.seconds,
+        concurrencies=levels,
+        keep=args.keep,
+        ingest_replicas=args.ingest_replicas,
+        paths=bench.parse_paths(args.paths),
     )
 
 

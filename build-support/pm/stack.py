@@ -10,7 +10,7 @@ stops exactly the recorded processes.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,18 +53,42 @@ def up_dev(environ: Mapping[str, str], *, infra_only: bool) -> int:
     return up_stack(profile, environ, infra_only=infra_only)
 
 
-def up_fresh(profile_name: str, environ: Mapping[str, str]) -> Profile:
-    """A whole stack of `profile_name` from empty data (the benchmark's), stopping a previous one first."""
+def up_fresh(
+    profile_name: str,
+    environ: Mapping[str, str],
+    *,
+    deferred: Collection[str] = (),
+) -> Profile:
+    """A whole stack of `profile_name` from empty data (the benchmark's), stopping a previous one first.
+
+    The services named in `deferred` are not started now but by `start_deferred` when needed.
+    """
     profile = load_profile(profile_name, environ)
     existing = load_state(profile.state_file)
     if existing is not None:
         stop_stack(profile, existing)
     shutil.rmtree(profile.dir, ignore_errors=True)
-    up_stack(profile, environ, infra_only=False)
+    up_stack(profile, environ, infra_only=False, deferred=deferred)
     return profile
 
 
-def up_stack(profile: Profile, environ: Mapping[str, str], *, infra_only: bool) -> int:
+def start_deferred(profile: Profile, environ: Mapping[str, str], name: str, extra: Mapping[str, str]) -> None:
+    """Start the service `name` of a running stack, with `extra` added to its environment."""
+    state = load_state(profile.state_file)
+    if state is None:
+        raise StackError(f"the {profile.name} stack is not running")
+    spec = next(spec for spec in pexservices.services_for(profile) if spec.name == name)
+    settings = _dev_settings(profile, load_or_create(profile.secrets_file), environ)
+    _run_steps(profile, state, [_service_step(profile, spec, settings, environ, pexservices.python311(), extra)])
+
+
+def up_stack(
+    profile: Profile,
+    environ: Mapping[str, str],
+    *,
+    infra_only: bool,
+    deferred: Collection[str] = (),
+) -> int:
     """Infrastructure, migrations, services and Envoy of `profile` on loopback."""
     ports = [*_infra_ports(profile), ("envoy", profile.port("envoy")), ("envoy admin", profile.port("envoy-admin"))]
     if not infra_only:
@@ -79,7 +103,7 @@ def up_stack(profile: Profile, environ: Mapping[str, str], *, infra_only: bool) 
     state = StackState(profile=profile.name, ports=dict(profile.ports))
     _run_steps(profile, state, _infra_steps(profile, local, environ, settings))
     if not infra_only:
-        _start_services(profile, state, settings, environ)
+        _start_services(profile, state, settings, environ, deferred)
     _run_steps(profile, state, [Step("envoy", lambda: edge.start_envoy(profile, config, environ))])
     if not infra_only:
         # ingest answers /readyz, so its log is the one to show when this fails.
@@ -276,13 +300,21 @@ def _infra_steps(
 
 
 def _start_services(
-    profile: Profile, state: StackState, settings: pexservices.StackSettings, environ: Mapping[str, str]
+    profile: Profile,
+    state: StackState,
+    settings: pexservices.StackSettings,
+    environ: Mapping[str, str],
+    deferred: Collection[str],
 ) -> None:
     python = pexservices.python311()
     with _stop_all_on_failure(profile, state, "migrate"):
         pexservices.migrate(profile, python, settings.database_url, environ)
     print(f"  {'migrate':<13} done")
-    steps = [_service_step(profile, spec, settings, environ, python) for spec in pexservices.services_for(profile)]
+    steps = [
+        _service_step(profile, spec, settings, environ, python)
+        for spec in pexservices.services_for(profile)
+        if spec.name not in deferred
+    ]
     _run_steps(profile, state, steps)
 
 
@@ -292,8 +324,9 @@ def _service_step(
     settings: pexservices.StackSettings,
     environ: Mapping[str, str],
     python: str,
+    extra: Mapping[str, str] | None = None,
 ) -> Step:
-    env = pexservices.service_environ(profile, spec, settings, environ)
+    env = {**pexservices.service_environ(profile, spec, settings, environ), **(extra or {})}
     return Step(spec.name, lambda: pexservices.start_service(profile, spec, env, python))
 
 

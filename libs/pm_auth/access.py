@@ -33,12 +33,15 @@ async def open_api_access(
         jwt_issuer=settings.jwt_issuer,
         jwt_audience=settings.jwt_audience,
     )
-    # Rate limiting must never hold a request up for long: short timeouts, fail open.
-    redis = Redis.from_url(redis_url, socket_connect_timeout=0.25, socket_timeout=0.5)
+    # Rate limiting must never hold a request up for long: short timeouts, fail open. The limiter
+    # bounds each check as a whole rather than through a per-socket-operation timeout, which
+    # redis-py implements with a task per command.
+    redis = Redis.from_url(redis_url, socket_connect_timeout=0.25)
     stack.push_async_callback(redis.aclose)
     limiter = RateLimiter(
         redis,
         limits_from_settings(settings.rate_limit_investigation_per_minute, settings.rate_limit_query_per_minute),
         prefix=f"{namespace}pm:rl:",
+        timeout_seconds=0.5,
     )
     return ApiAccess(secrets, auth, limiter)

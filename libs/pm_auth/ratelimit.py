@@ -10,24 +10,27 @@ many whole seconds (at least 1) until the oldest entry leaves the window. Keys e
 one window after the last admitted request and are named by a SHA-256 digest of the identity, so
 no credential ever appears in a Redis key.
 
-When Redis cannot be reached the limiter fails open (intake must keep taking work during a Redis
-outage): it lets the request through marked `degraded`, logs one warning without the identity and
-does not try Redis again for `fail_open_seconds`, so a dead Redis does not add a connect timeout to
-every request.
+With `timeout_seconds`, one deadline bounds the whole check (connecting included), and running
+out of it counts as Redis being unreachable. When Redis cannot be reached the limiter fails open
+(intake must keep taking work during a Redis outage): it lets the request through marked
+`degraded`, logs one warning without the identity and does not try Redis again for
+`fail_open_seconds`, so a dead Redis does not add a connect timeout to every request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import math
+import random
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from pm_errors import RateLimited
 
@@ -84,6 +87,17 @@ class RateDecision:
     degraded: bool = False
 
 
+@functools.lru_cache(maxsize=4096)
+def _identity_digest(identity: str) -> str:
+    # surrogatepass: any str (even a lone surrogate) hashes, and distinct strings stay distinct.
+    return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _member() -> str:
+    """A member unique to one request within its window (random, no system call per request)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def limits_from_settings(investigation_per_minute: int, query_per_minute: int) -> dict[str, RateLimit]:
     """The two categories of the public API, per minute."""
     return {
@@ -116,19 +130,19 @@ class RateLimiter:
         *,
         prefix: str = "pm:rl:",
         fail_open_seconds: float = 1.0,
+        timeout_seconds: float | None = None,
     ) -> None:
         self._redis = redis
+        self._timeout = timeout_seconds
         self._limits = dict(limits)
         self._prefix = prefix
         self._fail_open_seconds = fail_open_seconds
-        self._script = redis.register_script(_SCRIPT)
+        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest()
         self._skip_until = 0.0
 
     def key(self, identity: str, category: str) -> str:
         """The Redis key of an identity's bucket (a digest: identities may be credentials)."""
-        # surrogatepass: any str (even a lone surrogate) hashes, and distinct strings stay distinct.
-        digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return f"{self._prefix}{category}:{digest}"
+        return f"{self._prefix}{category}:{_identity_digest(identity)}"
 
     async def hit(self, identity: str, category: str) -> RateDecision:
         """Count one request; allowed=False (and not counted) when the identity is over its limit.
@@ -143,11 +157,24 @@ class RateLimiter:
             return RateDecision(True, 0, 0, 0, rule.window_seconds, category, degraded=False)
         if time.monotonic() < self._skip_until:
             return self._fail_open(rule, category)
+        key = self.key(identity, category)
+        limit, window_ms = rule.limit, rule.window_seconds * 1000
         try:
-            allowed, remaining, retry_ms = await self._script(
-                keys=[self.key(identity, category)],
-                args=[rule.limit, rule.window_seconds * 1000, uuid.uuid4().hex],
-            )
+            # One deadline for the whole check (asyncio.timeout is cheap); a client-wide
+            # socket_timeout would make redis-py send every command from a task of its own.
+            async with asyncio.timeout(self._timeout):
+                try:
+                    # EVALSHA straight through execute_command: redis-py's Script wrapper adds a
+                    # layer of argument juggling to every request for a fallback needed once.
+                    reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "EVALSHA", self._sha, 1, key, limit, window_ms, _member()
+                    )
+                except NoScriptError:
+                    # Redis lost its script cache (a restart): EVAL runs the script and caches it again.
+                    reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "EVAL", _SCRIPT, 1, key, limit, window_ms, _member()
+                    )
+            allowed, remaining, retry_ms = reply
         # OSError covers ConnectionError and TimeoutError (asyncio's included) raised outside redis-py.
         except (RedisError, OSError) as exc:
             self._skip_until = time.monotonic() + self._fail_open_seconds

@@ -100,6 +100,10 @@ def _stream_guarded(method: str, behavior: Callable[..., Any]) -> Callable[[Any,
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns PmError into its status, and anything unexpected into INTERNAL without details."""
 
+    def __init__(self) -> None:
+        # Per method: the handler it was given and the guarded one (built once, not per call).
+        self._guarded: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -109,17 +113,26 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _call_guarded(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream_guarded(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        # Client- and bidi-streaming RPCs are not part of our contracts.
-        return handler
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guard(method, handler)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+
+def _guard(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _call_guarded(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream_guarded(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    # Client- and bidi-streaming RPCs are not part of our contracts.
+    return handler

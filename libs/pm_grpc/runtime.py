@@ -127,7 +127,10 @@ async def run_service(
         stop = asyncio.Event()
         _install_signal_handlers(stop)
     tracing = configure_tracing(
-        settings.otel_service_name or service, spec.version, settings.otel_exporter_otlp_endpoint
+        settings.otel_service_name or service,
+        spec.version,
+        settings.otel_exporter_otlp_endpoint,
+        sample_ratio=settings.trace_sample_ratio,
     )
     async with AsyncExitStack() as stack:
         stack.callback(tracing.shutdown)

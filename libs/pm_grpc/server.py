@@ -54,6 +54,10 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
+        # Per method: the handler it was given and the observed one built for it. The server
+        # looks up the same handler object for every call of a method, so each call reuses the
+        # wrapper and its bound metric children instead of building them again.
+        self._observed: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -63,18 +67,31 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        cached = self._observed.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        observed = self._observe(handler_call_details.method, handler)
+        self._observed[handler_call_details.method] = (handler, observed)
+        return observed
+
+    def _observe(self, full_method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, method = full_method.lstrip("/").partition("/")
         # The aio server calls behaviours with an aio context; the stubs type them for sync ones.
         inner: Any = handler.unary_unary
+        seconds = self._seconds.labels(service, method)
+        handled: dict[str, Any] = {}
 
         async def observed(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             try:
                 return await inner(request, context)
             finally:
-                code = context.code()
-                self._handled.labels(service, method, _code_name(code)).inc()
-                self._seconds.labels(service, method).observe(time.perf_counter() - start)
+                code = _code_name(context.code())
+                counter = handled.get(code)
+                if counter is None:
+                    counter = handled[code] = self._handled.labels(service, method, code)
+                counter.inc()
+                seconds.observe(time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,

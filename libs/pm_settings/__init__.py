@@ -41,6 +41,9 @@ class ServiceSettings(BaseModel):
     metrics_listen: str = "0.0.0.0:9100"
     otel_exporter_otlp_endpoint: str | None = None
     otel_service_name: str | None = None
+    # Share of the traces this process starts whose spans are recorded (a caller's decision,
+    # when its trace context comes with the request, is followed).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     vault_addr: str | None = None
     vault_token: SecretStr | None = None
     vault_kv_mount: str = "secret"

@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +31,22 @@ def configure_tracing(
     version: str,
     otlp_endpoint: str | None = None,
     exporter: SpanExporter | None = None,
+    sample_ratio: float = 1.0,
 ) -> Tracing:
     """Create the process's tracer provider and make it the global one.
 
     Spans are exported over OTLP/HTTP when `otlp_endpoint` is set (or to `exporter`, which tests
     use); otherwise they are created, propagated and dropped, so trace ids still reach the logs.
+    A trace this process starts is recorded with probability `sample_ratio`; a span whose parent
+    came with the request follows the parent's decision. Unrecorded spans still carry trace ids
+    (logs, propagation) but cost next to nothing, which matters under load.
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name, "service.version": version}))
+    if not 0.0 <= sample_ratio <= 1.0:
+        raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio}")
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name, "service.version": version}),
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+    )
     if exporter is None and otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
