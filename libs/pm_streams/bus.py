@@ -265,3 +265,16 @@ class StreamBus:
         """How many messages of `group` on `stream` are delivered but not acknowledged."""
         info = await self._admin.xpending(self.name(stream), group)
         return int(info["pending"])
+
+    async def depth(self, stream: str) -> dict[str, tuple[int, int]]:
+        """Per consumer group of `stream`: (messages not yet delivered to the group, delivered but
+        not acknowledged), as Redis reports them (XINFO GROUPS); {} when the stream does not exist."""
+        try:
+            groups = await self._admin.xinfo_groups(self.name(stream))
+        except ResponseError:
+            return {}
+        found: dict[str, tuple[int, int]] = {}
+        for group in groups:
+            name = group["name"].decode() if isinstance(group["name"], bytes) else str(group["name"])
+            found[name] = (int(group.get("lag") or 0), int(group.get("pending") or 0))
+        return found

@@ -13,6 +13,7 @@ from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec, open_chann
 from pm_orchestrator.delivery import Deliverer, Publishing
 from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import registrations
+from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
 from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
 from pm_secrets import secret_source_from_settings
@@ -20,6 +21,7 @@ from pm_storage import s3_store_from_settings
 from pm_streams import (
     GROUP_ORCHESTRATOR,
     STREAM_AGENT_RESULTS,
+    STREAM_AGENT_TASKS,
     STREAM_INVESTIGATIONS,
     STREAM_INVESTIGATIONS_URGENT,
     StreamBus,
@@ -62,7 +64,12 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
         )
         registry = open_channel(settings.registry_addr, ctx.tracing.provider)
         stack.push_async_callback(registry.close)
-        engine = Engine(pool, store, relay, budget, publishing)
+        engine = Engine(pool, store, relay, budget, publishing, EngineMetrics(ctx.metrics.registry))
+        queues = QueueMetrics(
+            bus,
+            (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS, STREAM_AGENT_TASKS, STREAM_AGENT_RESULTS),
+            ctx.metrics.registry,
+        )
         consumer = f"orchestrator-{settings.grpc_listen.rpartition(':')[2]}"
         for stream in (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS):
             bus.subscribe(
@@ -91,6 +98,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             background=[
                 bus.run,
                 relay.run,
+                queues.run,
                 Deliverer(pool, source, registry, publishing, max_attempts=settings.callback_max_attempts).run,
                 partial(engine.run_reconciler, settings.reconcile_interval_seconds, settings.reconcile_stale_seconds),
             ],

@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +41,7 @@ from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
 from pm_errors import Conflict, NotFound
 from pm_orchestrator.delivery import Publishing, record_deliveries
+from pm_orchestrator.metrics import EngineMetrics
 from pm_orchestrator.report import render_html, render_markdown
 from pm_orchestrator.rows import json_object
 from pm_storage import ObjectStore
@@ -51,6 +54,8 @@ MESSAGE_TYPE_TASK = "pm.events.v1.AgentTask"
 MESSAGE_TYPE_REQUESTED = "pm.events.v1.InvestigationRequested"
 # pg_try_advisory_xact_lock key of the reconciler (one replica reconciles at a time).
 RECONCILE_LOCK = 0x706D5F72_6563
+# What a transaction noted for the metrics, reported after it commits (see Engine._transaction).
+_AFTER_COMMIT: ContextVar[list[tuple[str, Any]] | None] = ContextVar("pm_engine_after_commit", default=None)
 MAX_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 2.0
 # Phases whose succeeded steps count as evidence for a partial report, latest first.
@@ -93,6 +98,7 @@ async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyn
         investigation["id"],
     )
     await engine.event(conn, investigation["id"], "completed", "completed", "deliver", "investigation completed")
+    _note("ended", investigation["id"])
     return None
 
 
@@ -153,17 +159,51 @@ class Engine:
         relay: OutboxRelay | None = None,
         budget: Budget | None = None,
         publishing: Publishing | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._relay = relay
         self._budget = budget or Budget()
         self.publishing = publishing or Publishing()
+        self._metrics = metrics
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction; what it noted for the metrics is reported once it has committed."""
+        notes: list[tuple[str, Any]] = []
+        token = _AFTER_COMMIT.set(notes)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        finally:
+            _AFTER_COMMIT.reset(token)
+        if notes and self._metrics is not None:
+            await self._report(notes)
+
+    async def _report(self, notes: Sequence[tuple[str, Any]]) -> None:
+        assert self._metrics is not None
+        ended: list[uuid.UUID] = []
+        for kind, value in notes:
+            if kind == "started":
+                self._metrics.investigation_started(value)
+            elif kind == "step":
+                self._metrics.step(*value)
+            elif kind == "ended":
+                ended.append(value)
+        if ended:
+            rows = await self._pool.fetch(
+                "SELECT status, trigger_source, domain, created_at, started_at, completed_at, verdict, confidence,"
+                " hypothesis_iteration FROM investigations WHERE id = ANY($1::uuid[])",
+                ended,
+            )
+            for row in rows:
+                self._metrics.investigation_ended(row)
 
     # -- messages ---------------------------------------------------------------------------
 
     async def on_requested(self, message: events_pb2.InvestigationRequested, delivery: Delivery) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             investigation = await self._lock(conn, message.investigation_id)
             if investigation is None or investigation["status"] != "queued":
                 return  # unknown, or already started by another delivery or replica
@@ -176,11 +216,12 @@ class Engine:
                 float(limits["wall_seconds"]),
             )
             await self.event(conn, investigation["id"], "started", "running", "intake", "investigation started")
+            _note("started", investigation)
             await self._enter(conn, investigation, "triage")
         self._notify()
 
     async def on_result(self, result: events_pb2.AgentResult, delivery: Delivery) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             investigation = await self._lock(conn, result.investigation_id)
             if investigation is None:
                 return
@@ -254,7 +295,7 @@ class Engine:
         """Cancel a queued or running investigation; returns its status before. Its open steps are
         cancelled (their results will be ignored, and the registry refuses their further tool
         calls). Raises NotFound, or Conflict when it has already ended."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             investigation = await conn.fetchrow(
                 "SELECT * FROM investigations WHERE id = $1 FOR UPDATE", investigation_id
             )
@@ -278,6 +319,7 @@ class Engine:
                 message[:2000],
             )
             await self.event(conn, investigation_id, "cancelled", "cancelled", investigation["phase"], message)
+            _note("ended", investigation_id)
             return str(investigation["status"])
 
     # -- transitions ------------------------------------------------------------------------
@@ -411,7 +453,7 @@ class Engine:
         (starting is idempotent, results are applied once). One replica at a time; returns how
         many messages were announced again."""
         announced = 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RECONCILE_LOCK):
                 return 0
             queued = await conn.fetch(
@@ -490,6 +532,7 @@ class Engine:
     ) -> None:
         usage = result.usage
         reasoner = "llm" if result.model and result.model != "none" else "rule"
+        _note("step", (step["agent_role"], status, max(result.duration_ms, 0) / 1000))
         await conn.execute(
             "INSERT INTO agent_runs (id, investigation_id, step_id, task_id, agent_name, phase, reasoner, status,"
             " tool_calls, output_uri, trace_uri, error, worker_id, duration_ms, model, input_tokens, output_tokens,"
@@ -647,6 +690,7 @@ class Engine:
             reason,
         )
         await self.event(conn, investigation["id"], "failed", "failed", investigation["phase"], reason)
+        _note("ended", investigation["id"])
         await record_deliveries(conn, investigation, self.publishing)
 
     # -- report -----------------------------------------------------------------------------
@@ -781,6 +825,13 @@ async def _outbox(
         int(investigation["priority"]),
         delay,
     )
+
+
+def _note(kind: str, value: Any) -> None:
+    """Remember `value` for the metrics, reported once the current transaction commits."""
+    notes = _AFTER_COMMIT.get()
+    if notes is not None:
+        notes.append((kind, value))
 
 
 def partial(findings: Mapping[str, Any], reason: str) -> dict[str, Any]:
