@@ -22,7 +22,7 @@ from pm_ingest.webhooks import Webhooks
 from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
 from pm_registry.registry import RegistryMetrics, _ServerGauges
 from pm_streams.outbox import OutboxRelay
-from pm_worker.executor import LLMMetrics
+from pm_worker.executor import LLMMetrics, WorkerMetrics
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
 RULES = OBSERVABILITY / "alerts" / "rules.yaml"
@@ -38,6 +38,7 @@ def _exported() -> dict[str, set[str]]:
     EngineMetrics(registry)
     QueueMetrics(None, (), registry)  # type: ignore[arg-type]
     LLMMetrics(registry)
+    WorkerMetrics(registry, 1)
     RegistryMetrics(registry)
     _MetricsInterceptor(registry)
     OutboxRelay(None, None, registry)  # type: ignore[arg-type]
@@ -128,6 +129,7 @@ def test_the_dashboard_has_the_guides_panels_and_a_datasource_variable() -> None
         "pm_stream_lag",
         "pm_agent_steps_total",
         "pm_grpc_server_handled_total",
+        "sum(pm_worker_steps_running) / sum(pm_worker_step_slots)",
     ):
         assert needed in exprs, needed
     # Panels do not overlap on the grid.

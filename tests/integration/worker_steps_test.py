@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format, struct_pb2
 
@@ -42,6 +43,7 @@ class Engine:
     store: S3ObjectStore
     registry_addr: str
     investigation_id: str
+    metrics_url: str
 
 
 @pytest.fixture()
@@ -61,6 +63,9 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
             }
             worker_env = env.service_environ(bucket=bucket, registry_addr=f"127.0.0.1:{registry_port}")
             worker_env["STEP_RECLAIM_IDLE_MS"] = "5000"
+            metrics_port = free_port()
+            worker_env["METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
+            worker_env["STEPS_PER_WORKER"] = "2"
             namespace = worker_env["STREAM_NAMESPACE"]
             db = await asyncpg.connect(dsn)
             investigation_id = str(uuid.uuid4())
@@ -87,7 +92,15 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
             try:
                 async with running_service(REGISTRY, registry_env) as registry, running_service(WORKER, worker_env):
                     await until_connected(registry)
-                    yield Engine(bus, results, db, store, f"127.0.0.1:{registry_port}", investigation_id)
+                    yield Engine(
+                        bus,
+                        results,
+                        db,
+                        store,
+                        f"127.0.0.1:{registry_port}",
+                        investigation_id,
+                        f"http://127.0.0.1:{metrics_port}/metrics",
+                    )
             finally:
                 await bus.close()
                 await db.close()
@@ -129,6 +142,11 @@ async def test_phases_run_as_steps_reach_the_same_findings_as_one_run(engine: En
         )
     )
     assert all(r.status == events_pb2.STEP_STATUS_SUCCEEDED for r in gathered), [r.error for r in gathered]
+    # Utilization: the worker's slots, and no step left counted as running once all answered.
+    async with httpx.AsyncClient() as client:
+        scraped = (await client.get(engine.metrics_url, timeout=10)).text
+    assert "pm_worker_step_slots 2.0" in scraped
+    assert "pm_worker_steps_running 0.0" in scraped
     states = [json_format.MessageToDict(r.output)["state_uri"] for r in gathered]
     hypothesize = await _run_step(engine, types_pb2.PHASE_HYPOTHESIZE, "hypothesize", states)
     verify = await _run_step(

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
@@ -87,6 +87,7 @@ class StepExecutor:
         self._per_iteration = candidates_per_iteration
         self._llm = llm
         self._llm_metrics = LLMMetrics(metrics) if llm is not None else None
+        self._worker_metrics = WorkerMetrics(metrics, concurrency) if metrics is not None else None
 
     def subscribe(self) -> None:
         self._bus.subscribe(
@@ -101,7 +102,13 @@ class StepExecutor:
         )
 
     async def handle(self, task: events_pb2.AgentTask, delivery: Delivery) -> None:
-        result = await self.run(task)
+        if self._worker_metrics is not None:
+            self._worker_metrics.running.inc()
+        try:
+            result = await self.run(task)
+        finally:
+            if self._worker_metrics is not None:
+                self._worker_metrics.running.dec()
         if delivery.delivery_count > 1:
             log.info("re-ran a reclaimed step", extra={"task_id": task.task_id, "deliveries": delivery.delivery_count})
         await self._bus.publish(STREAM_AGENT_RESULTS, result, message_id=f"{task.task_id}:result")
@@ -257,6 +264,15 @@ class LLMSetup:
 
     loop: AgentLoop
     models: Mapping[str, str]  # mode (fast, balanced, deep) -> model id
+
+
+class WorkerMetrics:
+    """pm_worker_steps_running and pm_worker_step_slots: busy over slots is the utilization."""
+
+    def __init__(self, registry: CollectorRegistry | None, slots: int) -> None:
+        self.running = Gauge("pm_worker_steps_running", "Agent steps this worker is running now.", registry=registry)
+        self.slots = Gauge("pm_worker_step_slots", "Agent steps this worker may run at once.", registry=registry)
+        self.slots.set(slots)
 
 
 class LLMMetrics:
