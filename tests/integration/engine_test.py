@@ -51,6 +51,7 @@ class Stack:
     bus: StreamBus
     store: S3ObjectStore
     queries: Any
+    dsn: str = ""
 
 
 @asynccontextmanager
@@ -85,7 +86,8 @@ async def _engine(
                         running_service(WORKER, base),
                         running_service(ORCHESTRATOR, orchestrator_env) as orchestrator,
                     ):
-                        yield Stack(db, bus, store, investigation_pb2_grpc.InvestigationServiceStub(orchestrator))
+                        queries = investigation_pb2_grpc.InvestigationServiceStub(orchestrator)
+                        yield Stack(db, bus, store, queries, dsn)
             finally:
                 await bus.close()
                 await db.close()
