@@ -144,7 +144,8 @@ class StepExecutor:
             state, output = await run_role(tools, task.agent_role, states, per_iteration=self._per_iteration)
             llm_trace: list[dict[str, Any]] = []
             if task.agent_role == "recommend" and self._llm is not None and task.reasoner != "rule":
-                output, llm_trace = await self._conclude(task, tools, state, output, result)
+                domain = str(inputs.get("server", ""))
+                output, llm_trace = await self._conclude(task, domain, tools, state, output, result)
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}
@@ -199,6 +200,7 @@ class StepExecutor:
     async def _conclude(
         self,
         task: events_pb2.AgentTask,
+        domain: str,
         box: RegistryToolBox,
         state: Mapping[str, Any],
         rule_findings: Mapping[str, Any],
@@ -225,7 +227,6 @@ class StepExecutor:
                 tool_calls=len(loop_result.call_ids),
             )
         )
-        domain = str(json_format.MessageToDict(task.input).get("server", "")) if task.HasField("input") else ""
         self._llm_metrics.record(loop_result.usage_by_model, domain)
         findings = {
             **conclusion.findings,

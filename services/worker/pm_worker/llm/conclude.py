@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
@@ -75,9 +75,8 @@ class LLMConclusion:
     """The findings (as the report renderer reads them) and what the model spent."""
 
     findings: dict[str, Any]
+    # None when no provider answered and the rule reasoner's findings stand.
     result: LoopResult[Findings] | None = None
-    rejected_claims: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 def case_call_ids(case: Case) -> set[str]:
@@ -159,7 +158,7 @@ async def conclude_with_llm(
         problem = f"LLM unavailable ({exc.message}); the rule reasoner's conclusion stands"
         log.warning("%s", problem)
         findings = {**rule_findings, "problems": [*rule_findings.get("problems", []), problem]}
-        return LLMConclusion(findings=findings, problems=[problem])
+        return LLMConclusion(findings=findings)
     review = check_citations(result.output, case_call_ids(case) | set(result.call_ids))
     findings = review.findings.to_report()
     problems = list(rule_findings.get("problems", []))
@@ -180,4 +179,4 @@ async def conclude_with_llm(
             "rule_verdict": rule_findings.get("verdict"),
         }
     )
-    return LLMConclusion(findings=findings, result=result, rejected_claims=review.rejected, problems=problems)
+    return LLMConclusion(findings=findings, result=result)
