@@ -45,8 +45,10 @@ async def start_edge(
     database_url: str,
     *,
     ingest_environ: Mapping[str, str] | None = None,
+    orchestrator_environ: Mapping[str, str] | None = None,
 ) -> Edge:
-    """Start ingest, the orchestrator and Envoy inside `stack`; `ingest_environ` adds or overrides settings."""
+    """Start ingest, the orchestrator and Envoy inside `stack`; `ingest_environ` and `orchestrator_environ`
+    add or override settings."""
     env = stack_env()
     bucket = stack.enter_context(fresh_bucket(env))
     ingest_port, orchestrator_port, metrics_port = free_port(), free_port(), free_port()
@@ -59,6 +61,7 @@ async def start_edge(
     orchestrator_env = {
         **env.service_environ(database_url=database_url, bucket=bucket, registry_addr="127.0.0.1:1"),
         "GRPC_LISTEN": f"127.0.0.1:{orchestrator_port}",
+        **(orchestrator_environ or {}),
     }
     channel = await stack.enter_async_context(running_service(INGEST, ingest_env))
     await stack.enter_async_context(running_service(ORCHESTRATOR, orchestrator_env))

@@ -64,8 +64,11 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
         yield await start_edge(stack, tmp_path, dsn)
 
 
-# The orchestrator's reads and cancel are served: without credentials they answer 401 themselves.
+# The orchestrator's RPCs that are served: without credentials they answer 401 themselves.
+SERVED_SERVICES = ("/pm.domain.v1.DomainService/", "/pm.knowledge.v1.KnowledgeService/", "/pm.analytics.v1.")
 SERVED_READS = {
+    "/pm.investigation.v1.InvestigationService/SubmitFeedback",
+    "/pm.investigation.v1.InvestigationService/ListFeedback",
     "/pm.investigation.v1.InvestigationService/CancelInvestigation",
     "/pm.investigation.v1.InvestigationService/WatchInvestigation",
     "/pm.investigation.v1.InvestigationService/GetBundle",
@@ -86,7 +89,7 @@ async def test_every_annotated_route_reaches_its_rpc(edge: Edge) -> None:
         if route.rpc.startswith("/pm.ops.v1.OpsService/"):
             assert response.status_code == 200, where
             continue
-        if route.rpc.startswith("/pm.ingest.v1.") or route.rpc in SERVED_READS:
+        if route.rpc.startswith(("/pm.ingest.v1.", *SERVED_SERVICES)) or route.rpc in SERVED_READS:
             # Implemented: an empty body without credentials or signature is refused by the
             # service itself (401 for the API, 503 for an unconfigured webhook, 200 for GET).
             assert response.status_code in (200, 401, 503), f"{where}: {response.status_code} {response.text}"

@@ -4,15 +4,22 @@ are 400s that name each problem ({error: "Validation failed", details: [{path, m
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from pm_errors import InvalidArgument, UnsupportedMediaType
+from pm_grpc import bodies
+from pm_grpc.bodies import parse_json_object, validation_failed
+
+__all__ = [
+    "BudgetBody",
+    "InvestigateBatchBody",
+    "InvestigateBody",
+    "parse_body",
+    "parse_json_object",
+    "validation_failed",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -93,69 +100,20 @@ class InvestigateBatchBody(_Body):
 
 
 _MESSAGES = {
-    "missing": "Required",
-    "extra_forbidden": "Unknown field",
     "too_short": "At least one ticket_id is required",
     "too_long": f"Maximum {MAX_BATCH} tickets per batch",
 }
 
 
-def validation_failed(details: Sequence[dict[str, object]]) -> InvalidArgument:
-    """The 400 every validation problem becomes."""
-    return InvalidArgument("Validation failed", details={"details": list(details)})
-
-
-def _details(exc: ValidationError, model: type[BaseModel]) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        path = [p for p in err["loc"]]
-        code = err["type"]
-        message = err["msg"]
-        if code in ("too_short", "too_long") and path == ["ticket_ids"] or code in ("missing", "extra_forbidden"):
-            message = _MESSAGES[code]
-        elif code == "value_error":
-            message = message.removeprefix("Value error, ")
-        elif code == "string_pattern_mismatch" and path and path[0] in ("ticket_id", "ticket_ids"):
-            message = "ticket_id must be 1 to 200 characters without spaces or control characters"
-        out.append({"path": path, "message": message, "code": code})
-    return out
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-
-
-def parse_json_object(data: bytes, content_type: str) -> dict[str, Any]:
-    """The request body as a JSON object, or the 4xx that says why it is not one."""
-    if content_type and not _JSON_TYPE.match(content_type.strip()):
-        raise UnsupportedMediaType(
-            "Unsupported content type", details={"content_type": content_type[:100], "expected": "application/json"}
-        )
-    if not data.strip():
-        raise validation_failed([{"path": [], "message": "Request body must be a JSON object", "code": "invalid_json"}])
-    try:
-        value = json.loads(data, object_pairs_hook=_no_duplicate_keys)
-    except (ValueError, RecursionError) as exc:
-        message = str(exc) if isinstance(exc, json.JSONDecodeError) or "duplicate key" in str(exc) else "invalid"
-        raise InvalidArgument(
-            "Malformed JSON body", details={"details": [{"path": [], "message": message, "code": "invalid_json"}]}
-        ) from None
-    if not isinstance(value, dict):
-        raise validation_failed([{"path": [], "message": "Request body must be a JSON object", "code": "invalid_type"}])
-    return value
+def _message(path: list[Any], code: str, message: str) -> str:
+    """The predecessor's wording for the batch limits and ticket ids."""
+    if code in _MESSAGES and path == ["ticket_ids"]:
+        return _MESSAGES[code]
+    if code == "string_pattern_mismatch" and path and path[0] in ("ticket_id", "ticket_ids"):
+        return "ticket_id must be 1 to 200 characters without spaces or control characters"
+    return message
 
 
 def parse_body(model: type[M], data: dict[str, Any]) -> M:
     """Validate a decoded JSON object against `model`."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_failed(_details(exc, model)) from None
+    return bodies.parse_body(model, data, _message)

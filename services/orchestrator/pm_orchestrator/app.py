@@ -10,9 +10,12 @@ from pm.events.v1 import events_pb2
 from pm_auth import open_api_access
 from pm_db import open_pool, ping
 from pm_grpc import BuildContext, Probe, ServiceRuntime, ServiceSpec, open_channel
+from pm_orchestrator.analytics import AnalyticsServicer
 from pm_orchestrator.delivery import Deliverer, Publishing
+from pm_orchestrator.domains import DomainServicer
 from pm_orchestrator.engine import Budget, Engine
-from pm_orchestrator.grpc_api import registrations
+from pm_orchestrator.grpc_api import Servicers, registrations
+from pm_orchestrator.knowledge import KnowledgeServicer
 from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
 from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
@@ -93,7 +96,15 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             probes["vault"] = source.ping
         yield ServiceRuntime(
             # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
-            registrations=registrations(InvestigationQueries(pool, access.auth, access.limiter, engine)),  # type: ignore[abstract]
+            registrations=registrations(
+                Servicers(
+                    # FindSimilarInvestigations arrives with the similar-incidents slice.
+                    investigations=InvestigationQueries(pool, access.auth, access.limiter, engine),  # type: ignore[abstract]
+                    domains=DomainServicer(pool, access.auth, access.limiter),
+                    knowledge=KnowledgeServicer(pool, access.auth, access.limiter),
+                    analytics=AnalyticsServicer(pool, access.auth, access.limiter, budget),
+                )
+            ),
             probes=probes,
             background=[
                 bus.run,

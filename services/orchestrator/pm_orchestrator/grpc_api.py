@@ -1,9 +1,12 @@
 """gRPC servicers of the orchestrator: translate proto <-> domain, nothing else.
 
-InvestigationService's reads are served by pm_orchestrator.queries; the other RPCs (watch,
-cancel, bundle, feedback, domains, knowledge, analytics, query) arrive with later slices of the
-engine and memory issues and answer UNIMPLEMENTED (the generated base classes) until then.
+`registrations` takes the servicers the composition root built; a service not given answers
+UNIMPLEMENTED through its generated base class.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from pm.analytics.v1 import analytics_pb2_grpc
 from pm.domain.v1 import domain_pb2_grpc
@@ -14,67 +17,63 @@ from pm.query.v1 import query_pb2_grpc
 from pm_grpc import ServiceRegistration
 
 
-class DomainServicer(domain_pb2_grpc.DomainServiceServicer):
-    """pm.domain.v1.DomainService."""
+@dataclass(frozen=True)
+class Servicers:
+    """One servicer per public service of the orchestrator."""
+
+    investigations: investigation_pb2_grpc.InvestigationServiceServicer
+    domains: domain_pb2_grpc.DomainServiceServicer = field(default_factory=domain_pb2_grpc.DomainServiceServicer)
+    onboarding: domain_pb2_grpc.OnboardingServiceServicer = field(
+        default_factory=domain_pb2_grpc.OnboardingServiceServicer
+    )
+    knowledge: knowledge_pb2_grpc.KnowledgeServiceServicer = field(
+        default_factory=knowledge_pb2_grpc.KnowledgeServiceServicer
+    )
+    meta: knowledge_pb2_grpc.MetaServiceServicer = field(default_factory=knowledge_pb2_grpc.MetaServiceServicer)
+    analytics: analytics_pb2_grpc.AnalyticsServiceServicer = field(
+        default_factory=analytics_pb2_grpc.AnalyticsServiceServicer
+    )
+    query: query_pb2_grpc.QueryServiceServicer = field(default_factory=query_pb2_grpc.QueryServiceServicer)
+    health_check: ops_pb2_grpc.HealthCheckServiceServicer = field(
+        default_factory=ops_pb2_grpc.HealthCheckServiceServicer
+    )
 
 
-class OnboardingServicer(domain_pb2_grpc.OnboardingServiceServicer):
-    """pm.domain.v1.OnboardingService."""
-
-
-class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
-    """pm.knowledge.v1.KnowledgeService."""
-
-
-class MetaServicer(knowledge_pb2_grpc.MetaServiceServicer):
-    """pm.knowledge.v1.MetaService."""
-
-
-class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """pm.analytics.v1.AnalyticsService."""
-
-
-class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    """pm.query.v1.QueryService."""
-
-
-class HealthCheckServicer(ops_pb2_grpc.HealthCheckServiceServicer):
-    """pm.ops.v1.HealthCheckService."""
-
-
-def registrations(investigations: investigation_pb2_grpc.InvestigationServiceServicer) -> list[ServiceRegistration]:
+def registrations(servicers: Servicers) -> list[ServiceRegistration]:
     """Every public service the orchestrator serves."""
     return [
         ServiceRegistration(
             "pm.investigation.v1.InvestigationService",
             investigation_pb2_grpc.add_InvestigationServiceServicer_to_server,
-            investigations,
+            servicers.investigations,
         ),
         ServiceRegistration(
-            "pm.domain.v1.DomainService", domain_pb2_grpc.add_DomainServiceServicer_to_server, DomainServicer()
+            "pm.domain.v1.DomainService", domain_pb2_grpc.add_DomainServiceServicer_to_server, servicers.domains
         ),
         ServiceRegistration(
             "pm.domain.v1.OnboardingService",
             domain_pb2_grpc.add_OnboardingServiceServicer_to_server,
-            OnboardingServicer(),
+            servicers.onboarding,
         ),
         ServiceRegistration(
             "pm.knowledge.v1.KnowledgeService",
             knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-            KnowledgeServicer(),
+            servicers.knowledge,
         ),
         ServiceRegistration(
-            "pm.knowledge.v1.MetaService", knowledge_pb2_grpc.add_MetaServiceServicer_to_server, MetaServicer()
+            "pm.knowledge.v1.MetaService", knowledge_pb2_grpc.add_MetaServiceServicer_to_server, servicers.meta
         ),
         ServiceRegistration(
             "pm.analytics.v1.AnalyticsService",
             analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server,
-            AnalyticsServicer(),
+            servicers.analytics,
         ),
         ServiceRegistration(
-            "pm.query.v1.QueryService", query_pb2_grpc.add_QueryServiceServicer_to_server, QueryServicer()
+            "pm.query.v1.QueryService", query_pb2_grpc.add_QueryServiceServicer_to_server, servicers.query
         ),
         ServiceRegistration(
-            "pm.ops.v1.HealthCheckService", ops_pb2_grpc.add_HealthCheckServiceServicer_to_server, HealthCheckServicer()
+            "pm.ops.v1.HealthCheckService",
+            ops_pb2_grpc.add_HealthCheckServiceServicer_to_server,
+            servicers.health_check,
         ),
     ]

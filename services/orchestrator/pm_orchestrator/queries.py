@@ -21,11 +21,12 @@ from google.api import httpbody_pb2
 
 from pm.common.v1 import types_pb2
 from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
-from pm_auth import CATEGORY_INVESTIGATION, CATEGORY_QUERY, AuthProvider, RateLimiter, rate_limited_error
+from pm_auth import CATEGORY_INVESTIGATION, AuthProvider, RateLimiter
 from pm_errors import InvalidArgument, NotFound
-from pm_grpc import request_headers
 from pm_grpc.http import Context
+from pm_orchestrator.api import pagination, paging
 from pm_orchestrator.engine import Engine
+from pm_orchestrator.feedback import FeedbackRpcs
 
 # How often a watcher looks for new events while nothing happens.
 WATCH_POLL_SECONDS = 0.25
@@ -122,21 +123,13 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
-    """pm.investigation.v1.InvestigationService: the reads (the rest arrive with later issues)."""
+class InvestigationQueries(FeedbackRpcs, investigation_pb2_grpc.InvestigationServiceServicer):
+    """pm.investigation.v1.InvestigationService: reads, watch, cancel and bundle here; feedback
+    and similar incidents in their mixins."""
 
     def __init__(self, pool: asyncpg.Pool, auth: AuthProvider, limiter: RateLimiter, engine: Engine) -> None:
-        self._pool = pool
-        self._auth = auth
-        self._limiter = limiter
+        super().__init__(pool, auth, limiter)
         self._engine = engine
-
-    async def _caller(self, context: Context, category: str = CATEGORY_QUERY) -> str:
-        identity = await self._auth.authenticate(request_headers(context))
-        decision = await self._limiter.hit(identity.subject, category)
-        if not decision.allowed:
-            raise rate_limited_error(decision)
-        return identity.subject
 
     async def GetInvestigation(
         self, request: investigation_pb2.GetInvestigationRequest, context: Context
@@ -151,15 +144,7 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
         self, request: investigation_pb2.ListInvestigationsRequest, context: Context
     ) -> investigation_pb2.ListInvestigationsResponse:
         await self._caller(context)
-        page = request.page or 1
-        limit = request.limit or 20
-        problems = []
-        if page < 1:
-            problems.append({"path": ["page"], "message": "must be at least 1", "code": "too_small"})
-        if not 1 <= limit <= 100:
-            problems.append({"path": ["limit"], "message": "must be between 1 and 100", "code": "out_of_range"})
-        if problems:
-            raise InvalidArgument("Validation failed", details={"details": problems})
+        page, limit = paging(request.page, request.limit)
         filters = {"status": request.status, "domain": request.domain, "ticket_id": request.ticket_id}
         where = [f"{column} = ${n}" for n, (column, value) in enumerate(((c, v) for c, v in filters.items() if v), 1)]
         values = [v for v in filters.values() if v]
@@ -174,7 +159,7 @@ class InvestigationQueries(investigation_pb2_grpc.InvestigationServiceServicer):
         )
         return investigation_pb2.ListInvestigationsResponse(
             data=[to_proto(r) for r in rows],
-            pagination=types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit)),
+            pagination=pagination(page, limit, total),
         )
 
     async def GetBundle(self, request: investigation_pb2.GetBundleRequest, context: Context) -> httpbody_pb2.HttpBody:
