@@ -481,3 +481,89 @@ async def test_domain_configs_crud_validation_and_conflicts(memory: Memory) -> N
     actions = [r["action"] for r in await memory.conn.fetch(
         "SELECT action FROM audit_log WHERE resource_type = 'domain' ORDER BY id")]  # fmt: skip
     assert actions == ["domain.create", "domain.update", "domain.create", "domain.delete"]
+
+
+# -- meta analysis ----------------------------------------------------------------------------------
+
+
+async def test_meta_analysis_proposes_from_feedback_and_review_applies_as_knowledge(memory: Memory) -> None:
+    payments = [await memory.investigation(confidence=0.9) for _ in range(6)]
+    for investigation_id in payments[:2]:
+        await memory.feedback(investigation_id, "accurate", "2026-11-20T10:00:00+00:00")
+    for investigation_id, by in zip(payments[2:5], ("alice", "bob", "carol"), strict=True):
+        response = await memory.client.post(
+            f"/api/v1/investigations/{investigation_id}/feedback",
+            json={"rating": "inaccurate", "corrected_root_cause": "Retry storm exhausted the pool", "submitted_by": by},
+            headers=AUTH,
+        )
+        assert response.status_code == 201
+    await memory.feedback(payments[5], "inaccurate", "2026-11-20T10:00:00+00:00")
+    # Too few ratings in search; ledger is rated and right.
+    for _ in range(3):
+        await memory.feedback(await memory.investigation(domain="search"), "inaccurate", "2026-11-20T10:00:00+00:00")
+    for _ in range(5):
+        await memory.feedback(await memory.investigation(domain="ledger"), "accurate", "2026-11-20T10:00:00+00:00")
+
+    analyzed = await memory.client.post("/api/v1/meta/analyze", headers=AUTH)
+    assert analyzed.status_code == 200, analyzed.text
+    body = analyzed.json()
+    assert body["message"] == "Meta-analysis complete"
+    proposals = {(r["type"], r["target"]): r for r in body["recommendations"]}
+    assert set(proposals) == {
+        ("threshold_adjustment", "payments"),
+        ("workflow_change", "payments"),
+        ("prompt_rewrite", "hypothesize"),
+    }
+    assert body["recommendations_created"] == 3
+    assert "accurate 33% of the time" in proposals["threshold_adjustment", "payments"]["rationale"]
+    assert "retry storm exhausted the pool" in proposals["prompt_rewrite", "hypothesize"]["proposed_value"].lower()
+    again = (await memory.client.post("/api/v1/meta/analyze", headers=AUTH)).json()
+    assert again["recommendations_created"] == 0
+
+    pending = (await memory.client.get("/api/v1/meta/recommendations", headers=AUTH)).json()
+    assert pending["pagination"]["total"] == 3
+    threshold = proposals["threshold_adjustment", "payments"]["id"]
+    workflow = proposals["workflow_change", "payments"]["id"]
+    base = "/api/v1/meta/recommendations"
+
+    early = await memory.client.post(f"{base}/{threshold}/apply", headers=AUTH)
+    assert early.status_code == 409
+    assert early.json() == {"error": "Only approved recommendations can be applied", "current_status": "pending"}
+    nobody = await memory.client.post(f"{base}/{threshold}/approve", json={}, headers=AUTH)
+    assert nobody.status_code == 400
+    assert nobody.json()["details"][0]["message"] == "reviewer is required"
+    approved = await memory.client.post(f"{base}/{threshold}/approve", json={"reviewer": "dana"}, headers=AUTH)
+    assert approved.status_code == 200, approved.text
+    assert (approved.json()["status"], approved.json()["reviewer"]) == ("approved", "dana")
+    twice = await memory.client.post(f"{base}/{threshold}/approve", json={"reviewer": "dana"}, headers=AUTH)
+    assert twice.status_code == 409
+    assert twice.json() == {"error": "Recommendation cannot be approved", "current_status": "approved"}
+    silent = await memory.client.post(f"{base}/{workflow}/reject", json={"reviewer": "dana"}, headers=AUTH)
+    assert silent.status_code == 400
+    assert silent.json()["details"][0]["message"] == "note is required when rejecting"
+    rejected = await memory.client.post(
+        f"{base}/{workflow}/reject", json={"reviewer": "dana", "note": "deep mode costs too much here"}, headers=AUTH
+    )
+    assert rejected.json()["status"] == "rejected"
+
+    applied = await memory.client.post(f"{base}/{threshold}/apply", headers=AUTH)
+    assert applied.status_code == 200, applied.text
+    entry = applied.json()["knowledge_entry"]
+    assert applied.json()["message"] == "Recommendation applied as knowledge entry"
+    assert (entry["service"], entry["category"], entry["confidence"], entry["source"]) == (
+        "payments", "known_issue", "active", "agent",
+    )  # fmt: skip
+    assert entry["source_recommendation_id"] == threshold
+    stored = (await memory.client.get(f"{base}/{threshold}", headers=AUTH)).json()
+    assert stored["status"] == "applied"
+    assert stored["applied_at"]
+    assert (await memory.client.post(f"{base}/{threshold}/apply", headers=AUTH)).status_code == 409
+    # Neither the rejected nor the applied idea comes back while it is fresh.
+    assert (await memory.client.post("/api/v1/meta/analyze", headers=AUTH)).json()["recommendations_created"] == 0
+    listed = (await memory.client.get(base, params={"status": "applied"}, headers=AUTH)).json()["data"]
+    assert [r["id"] for r in listed] == [threshold]
+    assert (await memory.client.get(base, params={"status": "done"}, headers=AUTH)).status_code == 400
+    unknown = uuid.uuid4()
+    missing = await memory.client.get(f"{base}/{unknown}", headers=AUTH)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Recommendation not found", "id": str(unknown)}

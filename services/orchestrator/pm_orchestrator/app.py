@@ -16,6 +16,7 @@ from pm_orchestrator.domains import DomainServicer
 from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import Servicers, registrations
 from pm_orchestrator.knowledge import KnowledgeServicer
+from pm_orchestrator.meta import MetaServicer
 from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
 from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
@@ -102,6 +103,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
                     investigations=InvestigationQueries(pool, access.auth, access.limiter, engine),  # type: ignore[abstract]
                     domains=DomainServicer(pool, access.auth, access.limiter),
                     knowledge=KnowledgeServicer(pool, access.auth, access.limiter),
+                    meta=MetaServicer(pool, access.auth, access.limiter),
                     analytics=AnalyticsServicer(pool, access.auth, access.limiter, budget),
                 )
             ),
