@@ -65,7 +65,12 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
 
 
 # The orchestrator's RPCs that are served: without credentials they answer 401 themselves.
-SERVED_SERVICES = ("/pm.domain.v1.DomainService/", "/pm.knowledge.v1.", "/pm.analytics.v1.")
+SERVED_SERVICES = (
+    "/pm.domain.v1.DomainService/",
+    "/pm.domain.v1.OnboardingService/",
+    "/pm.knowledge.v1.",
+    "/pm.analytics.v1.",
+)
 SERVED_READS = {
     "/pm.investigation.v1.InvestigationService/SubmitFeedback",
     "/pm.investigation.v1.InvestigationService/ListFeedback",

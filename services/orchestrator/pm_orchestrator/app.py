@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -18,6 +19,7 @@ from pm_orchestrator.grpc_api import Servicers, registrations
 from pm_orchestrator.knowledge import KnowledgeServicer
 from pm_orchestrator.meta import MetaServicer
 from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
+from pm_orchestrator.onboarding import OnboardingServicer
 from pm_orchestrator.queries import InvestigationQueries
 from pm_orchestrator.settings import OrchestratorSettings
 from pm_secrets import secret_source_from_settings
@@ -74,7 +76,8 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS, STREAM_AGENT_TASKS, STREAM_AGENT_RESULTS),
             ctx.metrics.registry,
         )
-        consumer = f"orchestrator-{settings.grpc_listen.rpartition(':')[2]}"
+        # One consumer name per replica (the pod's host name), so XINFO CONSUMERS tells them apart.
+        consumer = f"orchestrator-{socket.gethostname()}-{settings.grpc_listen.rpartition(':')[2]}"
         for stream in (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS):
             bus.subscribe(
                 stream,
@@ -104,6 +107,7 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
                     domains=DomainServicer(pool, access.auth, access.limiter),
                     knowledge=KnowledgeServicer(pool, access.auth, access.limiter),
                     meta=MetaServicer(pool, access.auth, access.limiter),
+                    onboarding=OnboardingServicer(pool, access.auth, access.limiter, registry),
                     analytics=AnalyticsServicer(pool, access.auth, access.limiter, budget),
                 )
             ),

@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from pm.domain.v1 import domain_pb2, domain_pb2_grpc
+from pm_auth import Identity
 from pm_errors import AlreadyExists, Conflict, NotFound
 from pm_grpc import set_http_status
 from pm_grpc.bodies import parse_body, request_object
@@ -28,10 +29,13 @@ from pm_orchestrator.api import ApiBase, audit
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+GithubOrg = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$")]
+GithubRepo = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+JiraProject = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")]
 
 
 def _url(value: str | None) -> str | None:
-    if value is not None and not re.match(r"^https?://[^\s/$.?#][^\s]*$", value):
+    if value is not None and not re.fullmatch(r"https?://[^\s/$.?#][^\s]*", value):
         raise ValueError("must be an absolute http(s) URL")
     return value
 
@@ -78,9 +82,9 @@ class DomainSettings(_Strict):
     division: Text | None = None
     side: Text | None = None
     repo: Text | None = None
-    github_org: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$")] | None = None
-    github_repo: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,100}$")] | None = None
-    jira_project: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,49}$")] | None = None
+    github_org: GithubOrg | None = None
+    github_repo: GithubRepo | None = None
+    jira_project: JiraProject | None = None
     artifact_prefix: Text | None = None
     primary_services: list[PrimaryService] = Field(default_factory=list, max_length=200)
     jira_url: str | None = None
@@ -143,6 +147,51 @@ def _settings(body: DomainBody) -> dict[str, Any]:
     return body.settings.model_dump(exclude_none=True, exclude_defaults=True)
 
 
+async def _check_unique(conn: asyncpg.Connection, body: DomainBody, own: uuid.UUID | None) -> None:
+    """A domain's name is unique, and so is the Jira project it claims (409 otherwise)."""
+    if await conn.fetchval("SELECT 1 FROM domain_configs WHERE name = $1 AND id IS DISTINCT FROM $2", body.name, own):
+        raise AlreadyExists("Domain already exists", details={"name": body.name})
+    if body.settings.jira_project is None:
+        return
+    other = await conn.fetchval(
+        "SELECT name FROM domain_configs WHERE jira_project = upper($1) AND id IS DISTINCT FROM $2",
+        body.settings.jira_project,
+        own,
+    )
+    if other is not None:
+        raise Conflict(
+            "Jira project already belongs to another domain",
+            details={"jira_project": body.settings.jira_project.upper(), "domain": other},
+        )
+
+
+async def insert_domain(
+    pool: asyncpg.Pool, identity: Identity, context: Context, body: DomainBody, action: str = "domain.create"
+) -> Any:
+    """Store a new domain and audit it as `action` in one transaction; 409 when its name or its
+    Jira project is taken. Returns the stored row."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Serialise writers so the Jira project check and the insert see the same table.
+        await conn.execute("LOCK TABLE domain_configs IN SHARE ROW EXCLUSIVE MODE")
+        await _check_unique(conn, body, None)
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO domain_configs (id, name, description, services, mcp_servers, settings, created_by)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                uuid.uuid4(),
+                body.name,
+                body.description,
+                body.services,
+                body.mcp_servers,
+                _settings(body),
+                identity.subject,
+            )
+        except asyncpg.UniqueViolationError:
+            raise AlreadyExists("Domain already exists", details={"name": body.name}) from None
+        await audit(conn, identity, context, action, "domain", row["id"], {"name": body.name})
+    return row
+
+
 class DomainServicer(ApiBase, domain_pb2_grpc.DomainServiceServicer):
     """pm.domain.v1.DomainService."""
 
@@ -158,25 +207,6 @@ class DomainServicer(ApiBase, domain_pb2_grpc.DomainServiceServicer):
             raise NotFound("Domain not found", details={"id": key[:200]})
         return row
 
-    async def _check_unique(self, conn: asyncpg.Connection, body: DomainBody, own: uuid.UUID | None) -> None:
-        """A domain's name is unique, and so is the Jira project it claims (409 otherwise)."""
-        if await conn.fetchval(
-            "SELECT 1 FROM domain_configs WHERE name = $1 AND id IS DISTINCT FROM $2", body.name, own
-        ):
-            raise AlreadyExists("Domain already exists", details={"name": body.name})
-        if body.settings.jira_project is None:
-            return
-        other = await conn.fetchval(
-            "SELECT name FROM domain_configs WHERE jira_project = upper($1) AND id IS DISTINCT FROM $2",
-            body.settings.jira_project,
-            own,
-        )
-        if other is not None:
-            raise Conflict(
-                "Jira project already belongs to another domain",
-                details={"jira_project": body.settings.jira_project.upper(), "domain": other},
-            )
-
     async def ListDomains(
         self, request: domain_pb2.ListDomainsRequest, context: Context
     ) -> domain_pb2.ListDomainsResponse:
@@ -190,26 +220,7 @@ class DomainServicer(ApiBase, domain_pb2_grpc.DomainServiceServicer):
 
     async def CreateDomain(self, request: domain_pb2.CreateDomainRequest, context: Context) -> domain_pb2.Domain:
         identity = await self._identity(context)
-        body = _body(request)
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Serialise writers so the Jira project check and the insert see the same table.
-            await conn.execute("LOCK TABLE domain_configs IN SHARE ROW EXCLUSIVE MODE")
-            await self._check_unique(conn, body, None)
-            try:
-                row = await conn.fetchrow(
-                    "INSERT INTO domain_configs (id, name, description, services, mcp_servers, settings, created_by)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-                    uuid.uuid4(),
-                    body.name,
-                    body.description,
-                    body.services,
-                    body.mcp_servers,
-                    _settings(body),
-                    identity.subject,
-                )
-            except asyncpg.UniqueViolationError:
-                raise AlreadyExists("Domain already exists", details={"name": body.name}) from None
-            await audit(conn, identity, context, "domain.create", "domain", row["id"], {"name": body.name})
+        row = await insert_domain(self._pool, identity, context, _body(request))
         set_http_status(context, 201)
         return domain_to_proto(row)
 
@@ -219,7 +230,7 @@ class DomainServicer(ApiBase, domain_pb2_grpc.DomainServiceServicer):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("LOCK TABLE domain_configs IN SHARE ROW EXCLUSIVE MODE")
             current = await self._find(conn, request.id, lock=True)
-            await self._check_unique(conn, body, current["id"])
+            await _check_unique(conn, body, current["id"])
             try:
                 row = await conn.fetchrow(
                     "UPDATE domain_configs SET name = $2, description = $3, services = $4, mcp_servers = $5,"

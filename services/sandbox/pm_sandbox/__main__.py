@@ -3,7 +3,8 @@
 Over HTTP, `--access-key-header NAME` makes every request carry that header with the value of the
 environment variable SANDBOX_ACCESS_KEY (401 otherwise), like a real server behind an access key.
 `--published FILE` adds the write tools (`add_comment`, `post_message`), which append each call to
-FILE as a JSON line.
+FILE as a JSON line. `--repository DIR` adds the read-only code tools (`list_files`,
+`get_file_contents`) over the source tree DIR; their paths never leave DIR.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from pm_sandbox.data import load_incident
+from pm_sandbox.repository import Repository
 from pm_sandbox.server import build_server, http_app
 
 ACCESS_KEY_ENV = "SANDBOX_ACCESS_KEY"
@@ -31,16 +33,18 @@ def main() -> None:
     parser.add_argument("--access-key-header", help=f"require this header to equal ${ACCESS_KEY_ENV} (HTTP only)")
     parser.add_argument("--delay-ms", type=int, default=0, help="answer every tool call this much later (fault tests)")
     parser.add_argument("--published", type=Path, help="offer the write tools, appending their calls to this file")
+    parser.add_argument("--repository", type=Path, help="offer the read-only code tools over this source tree")
     args = parser.parse_args()
     try:
         incident = load_incident(args.data)
+        repository = Repository(args.repository) if args.repository is not None else None
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"pm-sandbox: {exc}\n")
         sys.exit(2)
     if not 0 <= args.delay_ms <= 600_000:
         sys.stderr.write("pm-sandbox: --delay-ms must be between 0 and 600000\n")
         sys.exit(2)
-    server = build_server(incident, delay_seconds=args.delay_ms / 1000, published=args.published)
+    server = build_server(incident, delay_seconds=args.delay_ms / 1000, published=args.published, repository=repository)
     if args.transport == "stdio":
         server.run("stdio")
         return

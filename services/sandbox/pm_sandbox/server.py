@@ -1,7 +1,8 @@
 """The MCP server: one tool per query of an incident snapshot, over stdio or streamable HTTP.
 
 Each tool is an `Incident` query method registered as it is: its keyword arguments, their types
-and defaults, and its docstring are the tool's input schema and description.
+and defaults, and its docstring are the tool's input schema and description. The write tools
+(`Publications`) and the code tools (`Repository`) are registered the same way when asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from pm_sandbox.data import Incident, QueryError
+from pm_sandbox.repository import Repository
 
 # Each tool and the capability it provides (docs/registry.md): what a registry servers file maps.
 TOOL_CAPABILITIES = {
@@ -40,6 +42,12 @@ TOOL_NAMES = tuple(TOOL_CAPABILITIES)
 WRITE_TOOL_CAPABILITIES = {
     "add_comment": "publish.ticket_comment",
     "post_message": "publish.chat_message",
+}
+# Read-only code tools, offered only when the server is given a repository (`--repository`):
+# what onboarding walks to detect a repository's languages, build systems and services.
+CODE_TOOL_CAPABILITIES = {
+    "list_files": "code.tree",
+    "get_file_contents": "code.read",
 }
 
 
@@ -83,9 +91,16 @@ def _as_tool(query: Callable[..., dict[str, Any]], delay_seconds: float) -> Call
     return tool
 
 
-def build_server(incident: Incident, *, delay_seconds: float = 0.0, published: Path | None = None) -> MCPServer[Any]:
+def build_server(
+    incident: Incident,
+    *,
+    delay_seconds: float = 0.0,
+    published: Path | None = None,
+    repository: Repository | None = None,
+) -> MCPServer[Any]:
     """An MCP server whose tools answer from `incident` (each after `delay_seconds`); with
-    `published`, also the write tools, which append to that file."""
+    `published`, also the write tools, which append to that file; with `repository`, also the
+    read-only code tools over that tree."""
     server: MCPServer[Any] = MCPServer(
         name="pm-sandbox",
         instructions=f"Observability, change and ticket data of incident snapshot {incident.name!r}.",
@@ -97,6 +112,9 @@ def build_server(incident: Incident, *, delay_seconds: float = 0.0, published: P
         publications = Publications(published)
         for name in WRITE_TOOL_CAPABILITIES:
             server.tool(name=name)(_as_tool(getattr(publications, name), delay_seconds))
+    if repository is not None:
+        for name in CODE_TOOL_CAPABILITIES:
+            server.tool(name=name)(_as_tool(getattr(repository, name), delay_seconds))
     return server
 
 
