@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Production Master's entry point for local work: the dev stack, the test suite, lint.
 # Installs the pinned local-stack tools (3rdparty/tools/requirements.txt) into .stack/venv when
-# they are missing or the file changed, then hands over to build-support/pm/main.py.
+# they are missing or the file changed, and the local embedding model into .stack/models
+# (build-support/fetch-embedding-model.sh), then hands over to build-support/pm/main.py.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +29,9 @@ mkdir -p "$root/.stack"
 exec 9>"$root/.stack/venv.lock"
 flock 9
 ensure_venv
+# The local embedding model (similar incidents); without it only similarity is unavailable.
+"$root/build-support/fetch-embedding-model.sh" "$venv/bin/python" ||
+  echo "pm: warning: the embedding model could not be fetched; similar incidents stay unavailable" >&2
 flock -u 9
 exec 9>&-
 

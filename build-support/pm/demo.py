@@ -33,7 +33,10 @@ def run_demo(environ: Mapping[str, str]) -> int:
     api_key = (environ.get("API_KEYS") or load_or_create(profile.secrets_file).api_keys).split(",")[0].strip()
     base = f"http://{profile.address('envoy')}/api/v1"
     if environ.get("ANTHROPIC_API_KEY") or environ.get("OPENAI_API_KEY"):
-        print("pm: an LLM key is set, but the LLM reasoner arrives with issue 6: this runs the rule reasoner")
+        print(
+            "pm: an LLM key is set: in balanced mode the LLM runs HYPOTHESIZE, VERIFY and RECOMMEND on the rule"
+            " reasoner's evidence (docs/llm.md); if the stack was already up without the key, `./pm down` first"
+        )
     else:
         print("pm: no LLM key (ANTHROPIC_API_KEY / OPENAI_API_KEY): the rule reasoner investigates, no LLM involved")
     ticket = f"DEMO-{int(time.time())}"

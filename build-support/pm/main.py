@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 import bench
+import benchembed
 import benchengine
 import demo
 import edge
@@ -49,6 +50,9 @@ usage: ./pm <command>
   bench engine [--investigations N] [--concurrency 1,8,32] [--keep]
                         whole investigations (rule reasoner, demo incident) through Envoy on a fresh
                         stack of its own; investigations per minute, submit-to-verdict p50/p99, PSS
+  bench embed [--texts N] [--rounds R]
+                        the local embedding model (similar incidents) in the orchestrator's pex:
+                        load time, texts and tokens per second, one short text's latency
   eval <folder> [--json FILE] [--keep]
                         the rule reasoner on every case of a RootCauseBench-layout folder, through
                         the registry and the sandbox on a stack of its own (.stack/eval/); prints
@@ -113,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", add_help=False).set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", add_help=False)
-    bench.add_argument("suite", choices=("intake", "engine"))
+    bench.add_argument("suite", choices=("intake", "engine", "embed"))
+    bench.add_argument("--texts", type=int, default=256)
+    bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--investigations", type=int, default=20)
     bench.add_argument("--seconds", type=float, default=10.0)
     bench.add_argument("--concurrency", default="1,8,32")
@@ -182,6 +188,10 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.suite == "embed":
+        if not 1 <= args.texts <= 100_000 or not 1 <= args.rounds <= 100:
+            raise StackError("--texts must be between 1 and 100000, --rounds between 1 and 100")
+        return benchembed.bench_embed(environ, texts=args.texts, rounds=args.rounds)
     if not 1 <= args.seconds <= 120:
         raise StackError("--seconds must be between 1 and 120")
     levels = bench.parse_concurrencies(args.concurrency)

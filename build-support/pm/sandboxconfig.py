@@ -37,7 +37,15 @@ ROLES = {
     "gather.metrics": ["metrics.query"],
     "gather.traces": ["traces.search"],
     "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
-    "verify": ["changes.diff"],
+    "hypothesize": [
+        "logs.search",
+        "metrics.query",
+        "traces.search",
+        "changes.deploys",
+        "changes.commits",
+        "flags.changes",
+    ],
+    "verify": ["changes.diff", "changes.deploys", "changes.commits", "logs.search", "metrics.query", "traces.search"],
     "recommend": [
         "logs.search",
         "metrics.query",

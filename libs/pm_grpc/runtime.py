@@ -131,6 +131,8 @@ async def run_service(
         spec.version,
         settings.otel_exporter_otlp_endpoint,
         sample_ratio=settings.trace_sample_ratio,
+        otlp_traces_endpoint=settings.otel_exporter_otlp_traces_endpoint,
+        otlp_protocol=settings.otel_exporter_otlp_protocol,
     )
     async with AsyncExitStack() as stack:
         stack.callback(tracing.shutdown)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -19,6 +19,10 @@ from pm_grpc.errors import ErrorMappingInterceptor
 from pm_grpc.http import Context
 
 log = logging.getLogger(__name__)
+
+# RPCs that get spans: all but health checks and reflection, which probes and tools send every
+# few seconds and which would bury the traces that matter.
+TRACED = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -124,7 +128,7 @@ class GrpcServer:
         self._registrations = tuple(registrations)
         self._health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+            aio_server_interceptor(tracer_provider=tracer_provider, filter_=TRACED),  # type: ignore[no-untyped-call]
             _MetricsInterceptor(metrics_registry),
             ErrorMappingInterceptor(),
         ]

@@ -39,7 +39,10 @@ class ServiceSettings(BaseModel):
     pm_env: str = "production"
     grpc_listen: str = "0.0.0.0:50051"
     metrics_listen: str = "0.0.0.0:9100"
+    # OTLP export of spans (pm_telemetry.tracing): a base endpoint, or the traces URL itself.
     otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: str = Field(default="http/protobuf", pattern=r"^(http/protobuf|grpc)$")
     otel_service_name: str | None = None
     # Share of the traces this process starts whose spans are recorded (a caller's decision,
     # when its trace context comes with the request, is followed).

@@ -3,10 +3,11 @@
 Delivery is at least once. A handler that returns normally acknowledges its message; one that
 raises leaves it pending, and a reaper claims it again after `reclaim_idle_ms` (the worker or
 orchestrator that held it may have died). After `max_deliveries` attempts the message goes to
-`<stream>.dead` with the last error, so one poison message cannot block a group forever.
+`<stream>.dead` with the last error, so one poison message cannot block a group forever. Every
+message carries W3C trace context: publishing and handling are spans of the producer's trace.
 """
 
-from pm_streams.bus import Delivery, Handler, StreamBus
+from pm_streams.bus import Delivery, Handler, Outgoing, StreamBus
 from pm_streams.names import (
     ALL_STREAMS,
     DEAD_LETTER_SUFFIX,
@@ -35,5 +36,6 @@ __all__ = [
     "STREAM_INVESTIGATION_EVENTS",
     "Delivery",
     "Handler",
+    "Outgoing",
     "StreamBus",
 ]

@@ -1,22 +1,33 @@
-"""The stream bus: one faststream RedisBroker plus a Redis client for group administration."""
+"""The stream bus: one faststream RedisBroker plus a Redis client for group administration.
+
+Every message is traced: publishing opens a PRODUCER span (`send <stream>`) whose W3C context
+goes into the message's headers, and handling opens a CONSUMER span (`process <stream>`) under
+the context the message carries (its headers, else the message's own `trace_context` map), with
+the message's investigation id bound to every log line written while it is handled.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import propagate
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from pm_errors import Unavailable
 from pm_streams.names import DEAD_LETTER_SUFFIX
+from pm_telemetry import bind_investigation, parent_context, trace_context
+from pm_telemetry.tracing import TRACE_CONTEXT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +35,7 @@ M = TypeVar("M", bound=Message)
 
 HEADER_MESSAGE_ID = "pm-message-id"
 HEADER_MESSAGE_TYPE = "pm-message-type"
+MESSAGING_SYSTEM = "redis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +53,22 @@ Handler = Callable[[M, Delivery], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A serialized message to append to a stream (e.g. an outbox row)."""
+
+    stream: str
+    data: bytes
+    message_id: str
+    message_type: str
+    # The trace the message continues, captured when it was written (an outbox row is published
+    # later, by a relay that runs in no request's context); None: the current span's.
+    trace_context: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Subscription(Generic[M]):
+    # The stream's name (spans) and its Redis key in this bus's namespace.
+    name: str
     stream: str
     group: str
     consumer: str
@@ -58,8 +85,17 @@ class StreamBus:
     empty in production. Call `subscribe` before `start`.
     """
 
-    def __init__(self, redis_url: str, *, namespace: str = "", maxlen: int = 1_000_000, polling_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        namespace: str = "",
+        maxlen: int = 1_000_000,
+        polling_ms: int = 1000,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self._namespace = namespace
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._maxlen = maxlen
         self._polling_ms = polling_ms
         self.broker = RedisBroker(redis_url, logger=log)
@@ -77,48 +113,94 @@ class StreamBus:
             stream, message.SerializeToString(), message_id=message_id, message_type=message.DESCRIPTOR.full_name
         )
 
-    async def publish_serialized(self, stream: str, data: bytes, *, message_id: str, message_type: str) -> str:
-        """Append an already serialized message (e.g. from an outbox row); returns the stream entry id."""
-        headers: dict[str, str] = {HEADER_MESSAGE_ID: message_id, HEADER_MESSAGE_TYPE: message_type}
-        propagate.inject(headers)
-        try:
-            entry = await self.broker.publish(
-                data,
-                stream=self.name(stream),
-                headers=headers,
-                correlation_id=message_id,
-                maxlen=self._maxlen,
-            )
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"stream {stream} unreachable: {type(exc).__name__}") from exc
-        return entry.decode() if isinstance(entry, bytes) else str(entry)
+    async def publish_serialized(
+        self,
+        stream: str,
+        data: bytes,
+        *,
+        message_id: str,
+        message_type: str,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> str:
+        """Append an already serialized message; returns the stream entry id. It continues the
+        trace `trace_context` names (by default the current span's)."""
+        outgoing = Outgoing(stream, data, message_id, message_type, trace_context)
+        with self._sending(outgoing) as (span, headers):
+            try:
+                entry = await self.broker.publish(
+                    data,
+                    stream=self.name(stream),
+                    headers=headers,
+                    correlation_id=message_id,
+                    maxlen=self._maxlen,
+                )
+            except (RedisError, OSError) as exc:
+                raise Unavailable(f"stream {stream} unreachable: {type(exc).__name__}") from exc
+            entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+            span.set_attribute("pm.stream.entry_id", entry_id)
+        return entry_id
 
-    async def publish_batch(self, messages: Sequence[tuple[str, bytes, str, str]]) -> list[str]:
-        """Append (stream, serialized message, message id, message type) tuples in one round trip.
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Append `messages` in one round trip; returns their entry ids in order.
 
-        Returns the entry ids in order. Either every message is appended or Unavailable is raised
-        (a message may then have been appended anyway; its stable id lets consumers drop it).
+        Either every message is appended or Unavailable is raised (a message may then have been
+        appended anyway; its stable id lets consumers drop it).
         """
         if not messages:
             return []
-        headers_base: dict[str, str] = {}
-        propagate.inject(headers_base)
+        with contextlib.ExitStack() as sending:
+            spans: list[Span] = []
+            try:
+                async with self._admin.pipeline(transaction=False) as pipe:
+                    for message in messages:
+                        span, headers = sending.enter_context(self._sending(message))
+                        spans.append(span)
+                        await self.broker.publish(
+                            message.data,
+                            stream=self.name(message.stream),
+                            headers=headers,
+                            correlation_id=message.message_id,
+                            maxlen=self._maxlen,
+                            pipeline=pipe,
+                        )
+                    entries = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise Unavailable(f"streams unreachable: {type(exc).__name__}") from exc
+            found = [e.decode() if isinstance(e, bytes) else str(e) for e in entries]
+            for span, entry_id in zip(spans, found, strict=True):
+                span.set_attribute("pm.stream.entry_id", entry_id)
+        return found
+
+    @contextlib.contextmanager
+    def _sending(self, message: Outgoing) -> Iterator[tuple[Span, dict[str, str]]]:
+        """The PRODUCER span of one message and the headers that carry it; the span ends (failed,
+        when an exception leaves the block) as the block does. It is not made the current span, so
+        the spans of a batch are siblings."""
+        parent = parent_context(message.trace_context) if message.trace_context is not None else None
+        span = self._tracer.start_span(
+            f"send {message.stream}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": message.stream,
+                "messaging.message.id": message.message_id,
+                "pm.message_type": message.message_type,
+            },
+        )
+        headers = {
+            **trace_context(trace.set_span_in_context(span)),
+            HEADER_MESSAGE_ID: message.message_id,
+            HEADER_MESSAGE_TYPE: message.message_type,
+        }
         try:
-            async with self._admin.pipeline(transaction=False) as pipe:
-                for stream, data, message_id, message_type in messages:
-                    headers = {**headers_base, HEADER_MESSAGE_ID: message_id, HEADER_MESSAGE_TYPE: message_type}
-                    await self.broker.publish(
-                        data,
-                        stream=self.name(stream),
-                        headers=headers,
-                        correlation_id=message_id,
-                        maxlen=self._maxlen,
-                        pipeline=pipe,
-                    )
-                entries = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"streams unreachable: {type(exc).__name__}") from exc
-        return [e.decode() if isinstance(e, bytes) else str(e) for e in entries]
+            yield span, headers
+        except Exception as exc:
+            span.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     def subscribe(
         self,
@@ -136,7 +218,9 @@ class StreamBus:
         `concurrency` messages are handled at the same time."""
         if self._started:
             raise RuntimeError("subscribe before start")
-        sub = _Subscription(self.name(stream), group, consumer, message_type, handler, reclaim_idle_ms, max_deliveries)
+        sub = _Subscription(
+            stream, self.name(stream), group, consumer, message_type, handler, reclaim_idle_ms, max_deliveries
+        )
         self._subscriptions.append(sub)  # type: ignore[arg-type]
         on_message = self._wrap(sub)
         self.broker.subscriber(
@@ -164,17 +248,45 @@ class StreamBus:
                 entry_id=entry_id,
                 message_id=headers.get(HEADER_MESSAGE_ID, msg.correlation_id),
                 delivery_count=count,
-                trace_context={k: v for k, v in headers.items() if k in ("traceparent", "tracestate")},
+                trace_context={k: v for k, v in headers.items() if k in TRACE_CONTEXT_KEYS},
             )
+            message: M | None = None
+            problem = ""
             if count > sub.max_deliveries:
-                await self._dead_letter(sub, body, delivery, f"gave up after {count - 1} deliveries")
-                return
-            try:
-                message = sub.message_type.FromString(body)
-            except DecodeError:
-                await self._dead_letter(sub, body, delivery, f"not a {sub.message_type.DESCRIPTOR.full_name}")
-                return
-            await sub.handler(message, delivery)
+                problem = f"gave up after {count - 1} deliveries"
+            else:
+                try:
+                    message = sub.message_type.FromString(body)
+                except DecodeError:
+                    problem = f"not a {sub.message_type.DESCRIPTOR.full_name}"
+            # A message written before its producer traced it still names its trace in its body.
+            carried = delivery.trace_context or dict(getattr(message, "trace_context", None) or {})
+            investigation_id = str(getattr(message, "investigation_id", "") or "")
+            attributes: dict[str, str | int] = {
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.destination.name": sub.name,
+                "messaging.consumer.group.name": sub.group,
+                "messaging.message.id": delivery.message_id,
+                "pm.stream.entry_id": entry_id,
+                "pm.delivery_count": count,
+            }
+            if investigation_id:
+                attributes["pm.investigation_id"] = investigation_id
+            with (
+                self._tracer.start_as_current_span(
+                    f"process {sub.name}",
+                    context=parent_context(carried),
+                    kind=SpanKind.CONSUMER,
+                    attributes=attributes,
+                ) as span,
+                bind_investigation(investigation_id) if investigation_id else contextlib.nullcontext(),
+            ):
+                if message is None:
+                    span.set_status(StatusCode.ERROR, problem)
+                    await self._dead_letter(sub, body, delivery, problem)
+                    return
+                await sub.handler(message, delivery)
 
         return on_message
 

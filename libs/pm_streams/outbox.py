@@ -7,21 +7,28 @@ outage or a crash are published as soon as Redis answers again. Rows are locked 
 SKIP LOCKED, so several replicas relay side by side without publishing a row twice; the outbox
 row id is the message id, so a consumer can drop the rare duplicate left by a crash between
 publishing and marking.
+
+Trace context: the relay publishes in no request's context, so each message continues the trace
+its writer recorded in it at insert time, the message's own `trace_context` map (every message
+of pm.events.v1 that announces work has one); the relay's `send` span is a child of that context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
 import asyncpg
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pm_errors import Unavailable
-from pm_streams.bus import StreamBus
+from pm_streams.bus import Outgoing, StreamBus
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +111,16 @@ class OutboxRelay:
             rows = await conn.fetch(_CLAIM, self._batch)
             if not rows:
                 return 0
-            messages = [(r["stream"], bytes(r["payload"]), str(r["id"]), r["message_type"]) for r in rows]
+            messages = [
+                Outgoing(
+                    r["stream"],
+                    bytes(r["payload"]),
+                    str(r["id"]),
+                    r["message_type"],
+                    carried_trace_context(r["message_type"], bytes(r["payload"])),
+                )
+                for r in rows
+            ]
             error: Unavailable | None = None
             try:
                 entries = await self._bus.publish_batch(messages)
@@ -168,3 +184,29 @@ class OutboxRelay:
             # Under load many commits arrive within a few milliseconds: publish them as one batch.
             await asyncio.sleep(self._coalesce)
             self._wake.clear()
+
+
+@functools.cache
+def _message_class(message_type: str) -> type[Message] | None:
+    """The generated class of `message_type` when it is known to this process and has a
+    `trace_context` field."""
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(message_type)
+    except KeyError:
+        return None
+    if "trace_context" not in descriptor.fields_by_name:
+        return None
+    cls: type[Message] = message_factory.GetMessageClass(descriptor)
+    return cls
+
+
+def carried_trace_context(message_type: str, payload: bytes) -> dict[str, str]:
+    """The trace context a serialized message was written with; {} when it carries none."""
+    cls = _message_class(message_type)
+    if cls is None:
+        return {}
+    try:
+        message = cls.FromString(payload)
+    except DecodeError:
+        return {}
+    return dict(getattr(message, "trace_context", {}))

@@ -70,10 +70,12 @@ SERVED_SERVICES = (
     "/pm.domain.v1.OnboardingService/",
     "/pm.knowledge.v1.",
     "/pm.analytics.v1.",
+    "/pm.ops.v1.HealthCheckService/",
 )
 SERVED_READS = {
     "/pm.investigation.v1.InvestigationService/SubmitFeedback",
     "/pm.investigation.v1.InvestigationService/ListFeedback",
+    "/pm.investigation.v1.InvestigationService/FindSimilarInvestigations",
     "/pm.investigation.v1.InvestigationService/CancelInvestigation",
     "/pm.investigation.v1.InvestigationService/WatchInvestigation",
     "/pm.investigation.v1.InvestigationService/GetBundle",

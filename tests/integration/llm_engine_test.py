@@ -1,9 +1,18 @@
-"""A whole investigation whose RECOMMEND is the LLM's: the real worker, registry and orchestrator,
-the real `anthropic` SDK, and a local server speaking the Messages API with scripted replies.
+"""Whole investigations with LLM steps: the real worker, registry and orchestrator, the real
+`anthropic` SDK, and a local server speaking the Messages API with scripted replies (functions of
+the request, reading the investigation context the worker sent, as a model would).
 
-The model reads the culprit's diff through the registry (a real tool call, cited by its id) and
-submits findings; one of its claims cites an id that does not exist and is removed by the
-citation checker. Tokens and cost land on the agent run and the investigation.
+- fast: the rule reasoner up to VERIFY, then one LLM pass, RECOMMEND, on the cheap model. The
+  model reads the culprit's diff through the registry (a real tool call, cited by its id); one of
+  its claims cites an id that does not exist and is removed by the citation checker. Tokens and
+  cost land on the agent run and the investigation.
+- balanced and deep: the LLM hypothesizes, verifies and concludes on the mode's model, each role
+  with its own prompt and tools, citing real calls; a hypothesis citing an invented call is
+  dropped and counted.
+- a mixed run: LLM HYPOTHESIZE and VERIFY, rule RECOMMEND, which concludes what the scripted
+  verification supports.
+- outages: the RECOMMEND pass keeps the rule conclusion; an LLM HYPOTHESIZE fails visibly and the
+  engine writes its partial report.
 """
 
 from __future__ import annotations
@@ -19,9 +28,59 @@ from integration.engine_test import AUTH, SCENARIO, TRUTH, _engine, _submit, _un
 from integration.sandbox import registry_config
 from pm.investigation.v1 import investigation_pb2
 from pm_testing import running_fake_llm
-from pm_testing.fake_llm import Reply, message, overloaded, tool_use
+from pm_testing.fake_llm import FakeLLM, Reply, message, overloaded, tool_use
 
 CALL_ID = re.compile(r"call_id: ([0-9a-f-]{36})")
+CULPRIT = TRUTH["root_cause_commit"]
+GATEWAY = "b6a52c92478ec13f52d87cfd9b03ff3e596200a5"  # a decoy: the alerted service's deploy before the alert
+MODELS = {
+    "LLM_MODEL_FAST": "claude-haiku-5-5",
+    "LLM_MODEL_BALANCED": "claude-sonnet-5-5",
+    "LLM_MODEL_DEEP": "claude-opus-5-5",
+}
+RULE_ROLES = ("triage", "gather.logs", "gather.metrics", "gather.traces", "gather.changes")
+PROMPTS = {
+    "You are the hypothesis agent": "hypothesize",
+    "You are the verification agent": "verify",
+    "You are the concluding agent": "recommend",
+}
+# The role's registry tools (the sandbox's names) the model is offered, besides `submit`.
+ROLE_TOOLS = {
+    "hypothesize": {"search_logs", "query_metrics", "search_traces", "list_deploys", "list_commits", "flag_changes"},
+    "verify": {"get_commit", "list_deploys", "list_commits", "search_logs", "query_metrics", "search_traces"},
+    "recommend": {
+        "get_commit",
+        "list_deploys",
+        "list_commits",
+        "search_logs",
+        "query_metrics",
+        "search_traces",
+        "flag_changes",
+    },
+}
+
+
+def _keys(llm: FakeLLM) -> dict[str, str]:
+    return {"ANTHROPIC_API_KEY": "test-key-for-the-fake", "ANTHROPIC_BASE_URL": llm.anthropic_base_url}
+
+
+def _role_of(body: dict[str, Any]) -> str:
+    """Which agent a request came from, by its system prompt."""
+    text = body["system"][0]["text"]
+    return next(role for opening, role in PROMPTS.items() if text.startswith(opening))
+
+
+def _context(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON of the investigation context (the first user message), as the model reads it."""
+    text = body["messages"][0]["content"][0]["text"]
+    return dict(json.loads(text.split("\n\n", 1)[1]))
+
+
+async def _reasoners(stack: Any, investigation_id: str) -> dict[str, str]:
+    rows = await stack.db.fetch(
+        "SELECT agent_name, reasoner FROM agent_runs WHERE investigation_id = $1::uuid", investigation_id
+    )
+    return {row["agent_name"].split(":", 1)[1]: row["reasoner"] for row in rows}
 
 
 def _tool_results(body: dict[str, Any]) -> list[str]:
@@ -68,16 +127,12 @@ def _submit_findings(body: dict[str, Any]) -> Reply:
     )
 
 
-async def test_the_llm_concludes_with_cited_findings_and_its_spending_is_counted(tmp_path: Path) -> None:
+async def test_fast_mode_makes_one_cheap_llm_pass_with_cited_findings_and_counts_its_spending(tmp_path: Path) -> None:
     async with running_fake_llm() as llm:
         llm.anthropic(_read_the_diff, _submit_findings)
-        settings = {
-            "ANTHROPIC_API_KEY": "test-key-for-the-fake",
-            "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
-            "LLM_MODEL_BALANCED": "claude-sonnet-5-5",
-        }
+        settings = {**_keys(llm), **MODELS}
         async with _engine(tmp_path, registry_config(SCENARIO), settings=settings) as stack:
-            investigation_id = await _submit(stack, "SHOP-41")
+            investigation_id = await _submit(stack, "SHOP-41", mode="fast")
             row = await _until_done(stack, investigation_id)
             assert row["status"] == "completed", row["error"]
             assert (row["verdict"], row["confidence"]) == ("ROOT_CAUSE", pytest.approx(0.9))
@@ -99,7 +154,7 @@ async def test_the_llm_concludes_with_cited_findings_and_its_spending_is_counted
             run = await stack.db.fetchrow(
                 "SELECT * FROM agent_runs WHERE investigation_id = $1::uuid AND phase = 'recommend'", investigation_id
             )
-            assert (run["reasoner"], run["model"], run["llm_calls"]) == ("llm", "claude-sonnet-5-5", 2)
+            assert (run["reasoner"], run["model"], run["llm_calls"]) == ("llm", MODELS["LLM_MODEL_FAST"], 2)
             assert (run["input_tokens"], run["output_tokens"], run["cache_read_tokens"]) == (3500, 460, 2800)
             assert float(run["cost_usd"]) > 0
             assert float(row["cost_usd"]) == pytest.approx(float(run["cost_usd"]))
@@ -118,14 +173,22 @@ async def test_the_llm_concludes_with_cited_findings_and_its_spending_is_counted
             assert first["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
             assert "first_failing_service" in first["messages"][0]["content"][0]["text"]
             assert llm.unanswered() == 0
+            # One LLM call sequence, RECOMMEND's, on the cheap model; every other step was the rules'.
+            bodies = llm.bodies()
+            assert [(b["model"], _role_of(b)) for b in bodies] == [(MODELS["LLM_MODEL_FAST"], "recommend")] * 2
+            assert await _reasoners(stack, investigation_id) == {
+                **dict.fromkeys(RULE_ROLES, "rule"),
+                "hypothesize": "rule",
+                "verify": "rule",
+                "recommend": "llm",
+            }
 
 
 async def test_when_the_llm_stays_unavailable_the_rule_conclusion_stands(tmp_path: Path) -> None:
     async with running_fake_llm() as llm:
         llm.anthropic(*[overloaded() for _ in range(3)])  # the first try and the SDK's two retries
-        settings = {"ANTHROPIC_API_KEY": "test-key-for-the-fake", "ANTHROPIC_BASE_URL": llm.anthropic_base_url}
-        async with _engine(tmp_path, registry_config(SCENARIO), settings=settings) as stack:
-            investigation_id = await _submit(stack, "SHOP-42")
+        async with _engine(tmp_path, registry_config(SCENARIO), settings=_keys(llm)) as stack:
+            investigation_id = await _submit(stack, "SHOP-42", mode="fast")
             row = await _until_done(stack, investigation_id)
             assert (row["status"], row["verdict"]) == ("completed", "ROOT_CAUSE")
             report = await stack.queries.GetReport(
@@ -139,3 +202,269 @@ async def test_when_the_llm_stays_unavailable_the_rule_conclusion_stands(tmp_pat
             )
             assert (run["reasoner"], float(run["cost_usd"])) == ("rule", 0.0)
             assert llm.unanswered() == 0
+
+
+def _hypothesize(body: dict[str, Any]) -> Reply:
+    """Ranks the culprit (citing the calls the context gives for it) and a flag on an invented call."""
+    context = _context(body)
+    culprit = next(c for c in context["candidates"] if c["ref"] == CULPRIT)
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": CULPRIT[:12],
+                "service": "payments",
+                "mechanism": "Immediate retries on ABORTED pile writers onto ledger's hot row lock; the pool drains.",
+                "evidence": [
+                    {"claim": "payments shipped the retry change before the onset", "call_ids": culprit["call_ids"]},
+                    {"claim": "payments logs pool exhaustion", "call_ids": context["error_log_call_ids"][:1]},
+                ],
+                "falsified_by": ["the diff keeps two attempts with exponential backoff"],
+                "plausibility": 0.8,
+            },
+            {
+                "kind": "flag",
+                "ref": "checkout_express_pay",
+                "mechanism": "The new button floods PlaceOrder.",
+                "evidence": [{"claim": "checkout_express_pay turned on at 09:45", "call_ids": ["call-that-never-was"]}],
+                "falsified_by": ["checkout's request rate stays flat"],
+                "plausibility": 0.2,
+            },
+        ]
+    }
+    return message(tool_use("submit", answer), input_tokens=5000, output_tokens=700, cache_creation_input_tokens=4000)
+
+
+def _verify_reads_the_diff(body: dict[str, Any]) -> Reply:
+    (item,) = _context(body)["to_verify"]
+    assert item["ref"] == CULPRIT, item
+    assert item["hypothesis"]["falsified_by"], item
+    return message(tool_use("get_commit", {"sha": CULPRIT}), input_tokens=6000, output_tokens=50)
+
+
+def _verify_submits(body: dict[str, Any]) -> Reply:
+    context = _context(body)
+    (item,) = context["to_verify"]
+    (diff,) = _tool_results(body)
+    read = CALL_ID.search(diff)
+    assert read, diff[:200]
+    cited = [item["diff_call_id"], read.group(1)]
+    checks = [
+        ("timing", "deployed 09:38:20, eleven minutes before payments' first error", cited[:1]),
+        ("location", "shipped with payments, the first failing service", cited[:1]),
+        ("signature", "max_attempts 2 -> 6 and backoff none: the retries the errors show", cited),
+        ("mechanism", "retry policy change against a retry storm", cited),
+        ("substance", "changes the client's behaviour, not docs", cited),
+        ("still_deployed", "no later payments deploy before the alert", context["changes"]["deploy_call_ids"]),
+    ]
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": CULPRIT,
+                "checklist": [{"check": c, "outcome": "pass", "detail": d, "call_ids": ids} for c, d, ids in checks],
+                "status": "verified",
+                "reason": "The verification agent read six attempts without backoff in the diff.",
+            }
+        ],
+        "converged": True,
+        "again": False,
+        "summary": "857e069f removes the backoff and triples the attempts: the retry storm.",
+    }
+    return message(tool_use("submit", answer), input_tokens=900, output_tokens=800, cache_read_input_tokens=6000)
+
+
+def _recommend_on_the_verification(body: dict[str, Any]) -> Reply:
+    context = _context(body)
+    culprit = next(c for c in context["candidates"] if c["ref"] == CULPRIT)
+    assert culprit["verification_agent"]["status"] == "verified", culprit
+    signature = next(k for k in culprit["checks"] if k["name"] == "signature")
+    findings = {
+        "verdict": "ROOT_CAUSE",
+        "confidence": 0.9,
+        "summary": "857e069f removed the ledger client's backoff and tripled its attempts: a retry storm.",
+        "first_failing_service": "payments",
+        "blast_radius": TRUTH["blast_radius"],
+        "culprit": {"kind": "commit", "ref": CULPRIT, "service": "payments", "title": "retry policy"},
+        "remediation": {"class": "rollback", "steps": ["Roll payments back to the build before 857e069f."]},
+        "evidence": [{"claim": signature["detail"], "call_ids": signature["call_ids"]}],
+    }
+    return message(tool_use("submit", findings), input_tokens=7000, output_tokens=500)
+
+
+@pytest.mark.parametrize(("mode", "model"), [("balanced", "LLM_MODEL_BALANCED"), ("deep", "LLM_MODEL_DEEP")])
+async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_llm_on_their_model(
+    tmp_path: Path, mode: str, model: str
+) -> None:
+    async with running_fake_llm() as llm:
+        llm.anthropic(_hypothesize, _verify_reads_the_diff, _verify_submits, _recommend_on_the_verification)
+        async with _engine(tmp_path, registry_config(SCENARIO), settings={**_keys(llm), **MODELS}) as stack:
+            investigation_id = await _submit(stack, f"SHOP-5{len(mode)}", mode=mode)
+            row = await _until_done(stack, investigation_id)
+            assert row["status"] == "completed", row["error"]
+            assert (row["verdict"], row["hypothesis_iteration"]) == ("ROOT_CAUSE", 1)
+            assert llm.unanswered() == 0
+            # Each role's requests: its own prompt, tools and the mode's model, the prefix cached.
+            bodies = llm.bodies()
+            assert [_role_of(b) for b in bodies] == ["hypothesize", "verify", "verify", "recommend"]
+            assert {b["model"] for b in bodies} == {MODELS[model]}
+            for body in bodies:
+                assert {t["name"] for t in body["tools"]} == {*ROLE_TOOLS[_role_of(body)], "submit"}
+                assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
+                assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+                assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+            assert "hypotheses" in bodies[0]["tools"][-1]["input_schema"]["properties"]
+            assert "checklist" in json.dumps(bodies[1]["tools"][-1]["input_schema"])
+            assert await _reasoners(stack, investigation_id) == {
+                **dict.fromkeys(RULE_ROLES, "rule"),
+                **dict.fromkeys(("hypothesize", "verify", "recommend"), "llm"),
+            }
+            outputs = {
+                r["agent_role"]: json.loads(r["output"])
+                for r in await stack.db.fetch(
+                    "SELECT agent_role, output FROM investigation_steps WHERE investigation_id = $1::uuid"
+                    " AND status = 'succeeded'",
+                    investigation_id,
+                )
+            }
+            hypothesized = outputs["hypothesize"]
+            # The flag hypothesis cited a call that never happened: dropped and counted.
+            assert (hypothesized["rejected_claims"], hypothesized["prompt_version"]) == (1, 2)
+            assert [h["ref"] for h in hypothesized["hypotheses"]] == [CULPRIT[:12]]
+            assert [p["ref"] for p in hypothesized["proposed"]] == [CULPRIT]
+            verified = outputs["verify"]
+            assert (verified["converged"], verified["again"], verified["rejected_claims"]) == (True, False, 0)
+            assert verified["verification"] == [
+                {
+                    "kind": "commit",
+                    "ref": CULPRIT,
+                    "status": "verified",
+                    "reason": "The verification agent read six attempts without backoff in the diff.",
+                }
+            ]
+            # The verification agent's diff read is a real, audited call of the verify role.
+            read = await stack.db.fetch(
+                "SELECT agent_role FROM mcp_tool_calls WHERE investigation_id = $1::uuid AND tool_name = 'get_commit'",
+                investigation_id,
+            )
+            assert sorted(r["agent_role"] for r in read) == ["verify", "verify"]  # the rules' read, the model's
+            report = await stack.queries.GetReport(
+                investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+            )
+            assert report.culprit_change.ref == CULPRIT
+            assert "max_attempts 2 -> 6 and backoff none" in report.markdown
+            assert "claim(s) of the model's hypothesize step cited no tool call" in report.markdown
+            runs = await stack.db.fetch(
+                "SELECT phase, model, llm_calls FROM agent_runs WHERE investigation_id = $1::uuid AND reasoner = 'llm'"
+                " ORDER BY phase",
+                investigation_id,
+            )
+            assert [(r["phase"], r["model"], r["llm_calls"]) for r in runs] == [
+                ("hypothesize", MODELS[model], 1),
+                ("recommend", MODELS[model], 1),
+                ("verify", MODELS[model], 2),
+            ]
+
+
+def _hypothesize_the_gateway(body: dict[str, Any]) -> Reply:
+    context = _context(body)
+    gateway = next(c for c in context["other_changes"]["commits"] if c["sha"] == GATEWAY)
+    assert gateway["message"], gateway
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": GATEWAY[:10],
+                "service": "api-gateway",
+                "mechanism": "The rewritten upstream error mapping turns upstream errors into 5xx.",
+                "evidence": [
+                    {
+                        "claim": "api-gateway deployed it before the alert",
+                        "call_ids": context["other_changes"]["deploy_call_ids"],
+                    }
+                ],
+                "falsified_by": ["the new map has the old switch's entries"],
+                "plausibility": 0.6,
+            }
+        ]
+    }
+    return message(tool_use("submit", answer))
+
+
+def _verify_the_gateway(body: dict[str, Any]) -> Reply:
+    context = _context(body)
+    (item,) = context["to_verify"]
+    assert item["ref"] == GATEWAY
+    cited = [item["diff_call_id"]]
+    checks = ("timing", "location", "signature", "mechanism", "substance", "still_deployed")
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": GATEWAY,
+                "checklist": [
+                    {"check": c, "outcome": "pass", "detail": f"scripted {c}", "call_ids": cited} for c in checks
+                ],
+                "status": "verified",
+                "reason": "scripted to verify the decoy",
+            }
+        ],
+        "converged": True,
+        "again": False,
+        "summary": "scripted",
+    }
+    return message(tool_use("submit", answer))
+
+
+async def test_a_rule_recommend_after_llm_verification_concludes_what_the_verification_supports(
+    tmp_path: Path,
+) -> None:
+    async with running_fake_llm() as llm:
+        llm.anthropic(_hypothesize_the_gateway, _verify_the_gateway)
+        # Balanced with the LLM for HYPOTHESIZE and VERIFY only: RECOMMEND is the rule reasoner's.
+        roles = json.dumps({"balanced": {"hypothesize": "balanced", "verify": "balanced"}})
+        settings = {**_keys(llm), **MODELS, "LLM_MODE_ROLES": roles}
+        async with _engine(tmp_path, registry_config(SCENARIO), settings=settings) as stack:
+            investigation_id = await _submit(stack, "SHOP-60")
+            row = await _until_done(stack, investigation_id)
+            assert row["status"] == "completed", row["error"]
+            assert llm.unanswered() == 0
+            assert [_role_of(b) for b in llm.bodies()] == ["hypothesize", "verify"]
+            assert (await _reasoners(stack, investigation_id))["recommend"] == "rule"
+            # Not the scenario's truth: the scripted verification verified the decoy, and the rule
+            # conclusion follows the checks it left in the state.
+            report = await stack.queries.GetReport(
+                investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+            )
+            assert (row["verdict"], report.culprit_change.ref) == ("ROOT_CAUSE", GATEWAY)
+            assert "scripted signature" in report.markdown
+
+
+async def test_an_llm_hypothesize_that_cannot_reach_a_provider_fails_visibly_and_ends_in_a_partial_report(
+    tmp_path: Path,
+) -> None:
+    async with running_fake_llm() as llm:
+        # Three attempts of HYPOTHESIZE (each the first try and the SDK's two retries), then the
+        # partial RECOMMEND's pass, whose outage policy keeps the rule conclusion.
+        llm.anthropic(*[overloaded() for _ in range(12)])
+        async with _engine(tmp_path, registry_config(SCENARIO), settings={**_keys(llm), **MODELS}) as stack:
+            investigation_id = await _submit(stack, "SHOP-61")
+            row = await _until_done(stack, investigation_id)
+            assert row["status"] == "completed", row["error"]
+            assert llm.unanswered() == 0
+            assert [_role_of(b) for b in llm.bodies()] == ["hypothesize"] * 9 + ["recommend"] * 3
+            steps = await stack.db.fetch(
+                "SELECT status, error FROM investigation_steps WHERE investigation_id = $1::uuid"
+                " AND phase = 'hypothesize' ORDER BY attempt",
+                investigation_id,
+            )
+            assert [s["status"] for s in steps] == ["failed"] * 3
+            assert all("ProviderUnavailable" in s["error"] and "529" in s["error"] for s in steps)
+            assert row["verdict"] == "INCONCLUSIVE"
+            report = await stack.queries.GetReport(
+                investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+            )
+            assert report.summary.startswith(
+                "Partial report: step hypothesize failed after 3 attempt(s): ProviderUnavailable"
+            )
+            assert "LLM unavailable" in report.markdown

@@ -15,25 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry import propagate
-
 from pm.common.v1 import types_pb2
-from pm.events.v1 import events_pb2
 from pm_auth import Identity
 from pm_errors import Conflict, InvalidArgument, PmError
 from pm_ingest.store import ActiveConflict, Audit, AuditLog, IntakeStore, NewInvestigation, StoredResponse
-from pm_streams import STREAM_INVESTIGATIONS, STREAM_INVESTIGATIONS_URGENT
+from pm_intake import new_investigation
 
-MODES = {"fast": types_pb2.MODE_FAST, "balanced": types_pb2.MODE_BALANCED, "deep": types_pb2.MODE_DEEP}
-TRIGGERS = {
-    "api": types_pb2.TRIGGER_SOURCE_API,
-    "batch": types_pb2.TRIGGER_SOURCE_BATCH,
-    "jira_webhook": types_pb2.TRIGGER_SOURCE_JIRA_WEBHOOK,
-    "slack_command": types_pb2.TRIGGER_SOURCE_SLACK_COMMAND,
-    "pagerduty": types_pb2.TRIGGER_SOURCE_PAGERDUTY,
-    "grafana_alert": types_pb2.TRIGGER_SOURCE_GRAFANA_ALERT,
-}
 PRIORITY_ALERT = types_pb2.PRIORITY_ALERT
 PRIORITY_TICKET = types_pb2.PRIORITY_TICKET
 PRIORITY_BATCH = types_pb2.PRIORITY_BATCH
@@ -81,63 +68,6 @@ class Reply:
 
     status: int
     body: Mapping[str, Any]
-
-
-def _now_ts() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def new_investigation(
-    *,
-    ticket_id: str,
-    domain: str | None,
-    mode: str,
-    trigger_source: str,
-    priority: int,
-    requested_by: str,
-    callback_url: str | None = None,
-    batch_id: uuid.UUID | None = None,
-    trigger_context: Mapping[str, object] | None = None,
-    event_context: events_pb2.InvestigationRequested | None = None,
-    budget: Mapping[str, float] | None = None,
-) -> NewInvestigation:
-    """A NewInvestigation with its InvestigationRequested event (carrying the current trace context)."""
-    investigation_id = uuid.uuid4()
-    event_id = uuid.uuid4()
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    event = events_pb2.InvestigationRequested()
-    if event_context is not None:
-        event.CopyFrom(event_context)
-    event.event_id = str(event_id)
-    event.investigation_id = str(investigation_id)
-    event.ticket_id = ticket_id
-    event.domain = domain or ""
-    event.mode = MODES[mode]
-    event.trigger_source = TRIGGERS[trigger_source]
-    event.priority = priority  # type: ignore[assignment]
-    event.callback_url = callback_url or ""
-    event.requested_by = requested_by
-    event.requested_at.CopyFrom(_now_ts())
-    event.trace_context.update(carrier)
-    return NewInvestigation(
-        id=investigation_id,
-        ticket_id=ticket_id,
-        domain=domain,
-        mode=mode,
-        trigger_source=trigger_source,
-        priority=priority,
-        requested_by=requested_by,
-        stream=STREAM_INVESTIGATIONS_URGENT if priority <= types_pb2.PRIORITY_HEALTH_CHECK else STREAM_INVESTIGATIONS,
-        event_id=event_id,
-        event=event.SerializeToString(),
-        callback_url=callback_url,
-        batch_id=batch_id,
-        trigger_context=dict(trigger_context or {}),
-        budget=dict(budget or {}),
-    )
 
 
 def request_digest(data: bytes) -> str:

@@ -4,81 +4,57 @@ domain lookups and the audit log.
 Dedup is enforced by constraints, never by read-then-write: the partial unique index
 `investigations_one_active_per_ticket` (one queued or running investigation per ticket) and the
 primary key of `intake_dedup` (alert fingerprints and sender delivery ids inside their window).
-An investigation, its outbox row and its audit row are written by one statement, so they exist
-together or not at all.
+An investigation, its outbox row and its audit row are written by one statement (pm_intake's,
+which the orchestrator's health and post-deploy checks share), so they exist together or not at
+all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from pm_intake import (
+    Active,
+    ActiveConflict,
+    AlertDuplicate,
+    Audit,
+    NewInvestigation,
+    audit_arguments,
+    create_alert,
+    create_investigations,
+    jsonable,
+)
+
 log = logging.getLogger(__name__)
 
-MESSAGE_TYPE_REQUESTED = "pm.events.v1.InvestigationRequested"
+# Re-exported for ingest's modules: the investigation values live in pm_intake.
+__all__ = [
+    "Active",
+    "ActiveConflict",
+    "AlertDuplicate",
+    "Audit",
+    "AuditLog",
+    "DomainResolver",
+    "Intake",
+    "IntakeStore",
+    "NewInvestigation",
+    "StoredResponse",
+]
+
 MESSAGE_TYPE_DEPLOY = "pm.events.v1.DeployRecorded"
 
-MAX_ITERATIONS = {"fast": 1, "balanced": 3, "deep": 5}
 # How long a stopping process keeps trying to write the rejections still queued.
 FINAL_FLUSH_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class NewInvestigation:
-    """An investigation to create, with the stream event that announces it."""
-
-    id: uuid.UUID
-    ticket_id: str
-    domain: str | None
-    mode: str
-    trigger_source: str
-    priority: int
-    requested_by: str
-    stream: str
-    event_id: uuid.UUID
-    event: bytes
-    callback_url: str | None = None
-    batch_id: uuid.UUID | None = None
-    trigger_context: Mapping[str, object] = field(default_factory=dict)
-    # The request's own limits (wall_seconds, max_tool_calls, max_cost_usd); the orchestrator's
-    # settings cap them.
-    budget: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Audit:
-    """One audit_log row: who did what, from where, with which outcome."""
-
-    identity: str
-    auth_method: str
-    source: str
-    action: str
-    outcome: str
-    reason: str | None = None
-    resource_type: str | None = None
-    resource_id: str | None = None
-    request_id: str | None = None
-    remote_addr: str | None = None
-    details: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Active:
-    """An investigation that is already queued or running for a ticket."""
-
-    investigation_id: uuid.UUID
-    ticket_id: str
-    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,74 +65,6 @@ class StoredResponse:
     status: int
     body: Mapping[str, Any]
 
-
-class ActiveConflict(Exception):
-    """Some tickets already have an active investigation; nothing was written."""
-
-    def __init__(self, active: Sequence[Active]) -> None:
-        super().__init__(f"{len(active)} ticket(s) already active")
-        self.active = list(active)
-
-
-class AlertDuplicate(Exception):
-    """The alert's fingerprint was seen inside its window; nothing was written."""
-
-    def __init__(self, investigation_id: uuid.UUID | None) -> None:
-        super().__init__("duplicate alert")
-        self.investigation_id = investigation_id
-
-
-_INSERT_INVESTIGATIONS = """
-WITH new AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[],
-                         $8::text[], $9::uuid[], $10::text[], $11::integer[], $12::uuid[], $13::text[], $14::bytea[],
-                         $15::text[])
-        AS t(id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url, batch_id,
-             trigger_context, max_iterations, event_id, stream, payload, budget)
-), inv AS (
-    INSERT INTO investigations (id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url,
-                                batch_id, trigger_context, max_iterations, budget)
-    SELECT id, ticket_id, domain, mode, trigger_source, priority, requested_by, callback_url, batch_id,
-           trigger_context::jsonb, max_iterations, budget::jsonb
-    FROM new
-    ON CONFLICT (ticket_id) WHERE status IN ('queued', 'running') DO NOTHING
-    RETURNING id
-), ob AS (
-    INSERT INTO outbox (id, stream, aggregate_id, message_type, payload, priority)
-    SELECT new.event_id, new.stream, new.id, $16, new.payload, new.priority FROM new JOIN inv USING (id)
-), au AS (
-    INSERT INTO audit_log (identity, auth_method, source, action, resource_type, resource_id, outcome, reason,
-                           request_id, remote_addr, details)
-    SELECT $17, $18, $19, $20, 'investigation', inv.id::text, 'accepted', NULL, $21, $22, $23::jsonb FROM inv
-)
-SELECT id FROM inv
-"""
-
-# The same, for one alert: the fingerprint is claimed in the same statement. An alert seen inside
-# its window inserts nothing (claim is empty). A claimed alert whose ticket is already active
-# inserts no investigation, so the claim's foreign key fails at the end of the statement and
-# everything is undone: the caller then reports the active investigation.
-_INSERT_ALERT = _INSERT_INVESTIGATIONS.replace(
-    "WITH new AS (\n    SELECT * FROM unnest(",
-    """WITH claim AS (
-    INSERT INTO intake_dedup (dedup_key, kind, source, investigation_id, expires_at)
-    VALUES ($24, 'alert_fingerprint', $25, ($1::uuid[])[1], now() + make_interval(secs => $26))
-    ON CONFLICT (dedup_key) DO UPDATE
-        SET kind = EXCLUDED.kind, source = EXCLUDED.source, investigation_id = EXCLUDED.investigation_id,
-            response = NULL, expires_at = EXCLUDED.expires_at, created_at = now()
-        WHERE intake_dedup.expires_at <= now()
-    RETURNING dedup_key
-), new AS (
-    SELECT * FROM unnest(""",
-).replace(
-    "trigger_context, max_iterations, event_id, stream, payload, budget)\n)",
-    "trigger_context, max_iterations, event_id, stream, payload, budget)\n    WHERE EXISTS (SELECT 1 FROM claim)\n)",
-)
-
-_ACTIVE = """
-SELECT id, ticket_id, status FROM investigations
-WHERE ticket_id = ANY($1::text[]) AND status IN ('queued', 'running')
-"""
 
 _CLAIM = """
 INSERT INTO intake_dedup (dedup_key, kind, source, investigation_id, response, expires_at)
@@ -170,47 +78,6 @@ ON CONFLICT (dedup_key) DO UPDATE
            AND intake_dedup.created_at < now() - interval '60 seconds')
 RETURNING dedup_key
 """
-
-
-def _jsonable(value: Mapping[str, object]) -> dict[str, Any]:
-    """A JSON object for a jsonb parameter (the pool's codec encodes it); odd values become strings."""
-    result: dict[str, Any] = json.loads(json.dumps(dict(value), default=str))
-    return result
-
-
-def _audit_args(audit: Audit) -> tuple[object, ...]:
-    """The audit columns of an accepted write, in the order the statements bind them."""
-    return (
-        audit.identity,
-        audit.auth_method,
-        audit.source,
-        audit.action,
-        audit.request_id,
-        audit.remote_addr,
-        _jsonable(audit.details),
-    )
-
-
-def _insert_args(invs: Sequence[NewInvestigation], audit: Audit) -> list[Any]:
-    return [
-        [i.id for i in invs],
-        [i.ticket_id for i in invs],
-        [i.domain for i in invs],
-        [i.mode for i in invs],
-        [i.trigger_source for i in invs],
-        [i.priority for i in invs],
-        [i.requested_by for i in invs],
-        [i.callback_url for i in invs],
-        [i.batch_id for i in invs],
-        [json.dumps(i.trigger_context, separators=(",", ":")) for i in invs],
-        [MAX_ITERATIONS[i.mode] for i in invs],
-        [i.event_id for i in invs],
-        [i.stream for i in invs],
-        [i.event for i in invs],
-        [json.dumps(dict(i.budget), separators=(",", ":")) for i in invs],
-        MESSAGE_TYPE_REQUESTED,
-        *_audit_args(audit),
-    ]
 
 
 class Intake:
@@ -249,39 +116,14 @@ class Intake:
 
     async def create(self, invs: Sequence[NewInvestigation], audit: Audit) -> None:
         """Insert investigations with their outbox and audit rows; ActiveConflict when any ticket is active."""
-        created_ids: set[uuid.UUID] = set()
-        for _ in range(3):
-            created = await self._conn.fetch(_INSERT_INVESTIGATIONS, *_insert_args(invs, audit))
-            created_ids = {r["id"] for r in created}
-            if len(created_ids) == len(invs):
-                return
-            rows = await self._conn.fetch(_ACTIVE, [i.ticket_id for i in invs])
-            active = [Active(r["id"], r["ticket_id"], r["status"]) for r in rows if r["id"] not in created_ids]
-            if active or len(invs) > 1:
-                # A batch runs in a transaction: the caller's rollback undoes the rows just created.
-                raise ActiveConflict(active)
-            # The blocking investigation ended between the insert and the lookup; nothing was
-            # written, so inserting again is safe.
-        raise ActiveConflict([])
+        await create_investigations(self._conn, invs, audit)
 
     async def create_alert(
         self, inv: NewInvestigation, audit: Audit, key: str, source: str, window_seconds: int
     ) -> None:
-        """Create an alert's investigation unless its fingerprint was seen inside the window.
-
-        One statement: AlertDuplicate when the fingerprint is taken, ActiveConflict when the
-        ticket already has an active investigation; nothing is written in either case.
-        """
-        try:
-            created = await self._conn.fetch(
-                _INSERT_ALERT, *_insert_args([inv], audit), key, source, float(window_seconds)
-            )
-        except asyncpg.ForeignKeyViolationError:
-            rows = await self._conn.fetch(_ACTIVE, [inv.ticket_id])
-            raise ActiveConflict([Active(r["id"], r["ticket_id"], r["status"]) for r in rows]) from None
-        if not created:
-            existing = await self._conn.fetchval("SELECT investigation_id FROM intake_dedup WHERE dedup_key = $1", key)
-            raise AlertDuplicate(existing)
+        """Create an alert's investigation unless its fingerprint was seen inside the window
+        (AlertDuplicate), or ActiveConflict when its ticket is active; nothing is written then."""
+        await create_alert(self._conn, inv, audit, key, source, window_seconds)
 
     async def record_deploy(
         self, deploy: Mapping[str, Any], audit: Audit, event: bytes, event_id: uuid.UUID, stream: str
@@ -315,14 +157,14 @@ class Intake:
             deploy.get("pipeline_url"),
             deploy.get("commit_url"),
             deploy.get("domain"),
-            _jsonable(deploy.get("metadata") or {}),
+            jsonable(deploy.get("metadata") or {}),
             deploy.get("delivery_id"),
             deploy["check_due_at"],
             event_id,
             stream,
             MESSAGE_TYPE_DEPLOY,
             event,
-            *_audit_args(audit),
+            *audit_arguments(audit),
         )
         return deploy_id is not None
 
@@ -418,7 +260,7 @@ class AuditLog:
             entry.reason,
             entry.request_id,
             entry.remote_addr,
-            _jsonable(entry.details),
+            jsonable(entry.details),
         )
         try:
             self._queue.put_nowait(row)

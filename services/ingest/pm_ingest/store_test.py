@@ -8,8 +8,9 @@ import asyncpg
 import pytest
 
 from pm_db import apply_migrations, open_pool
-from pm_ingest.intake import PRIORITY_ALERT, new_investigation
+from pm_ingest.intake import PRIORITY_ALERT
 from pm_ingest.store import ActiveConflict, AlertDuplicate, Audit, IntakeStore, NewInvestigation
+from pm_intake import new_investigation
 from pm_testing import fresh_database, stack_env
 
 AUDIT = Audit(identity="webhook:grafana-alert", auth_method="signature", source="grafana-alert", action="webhook",

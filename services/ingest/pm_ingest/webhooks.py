@@ -29,9 +29,10 @@ from pm_auth import CachedSecrets
 from pm_errors import InvalidArgument, PmError, Unauthenticated, Unavailable
 from pm_ingest import signatures
 from pm_ingest.bodies import parse_json_object, validation_failed
-from pm_ingest.intake import PRIORITY_ALERT, PRIORITY_TICKET, Caller, Reply, new_investigation, request_digest
+from pm_ingest.intake import PRIORITY_ALERT, PRIORITY_TICKET, Caller, Reply, request_digest
 from pm_ingest.settings import IngestSettings
 from pm_ingest.store import ActiveConflict, AlertDuplicate, Audit, AuditLog, DomainResolver, IntakeStore, StoredResponse
+from pm_intake import new_investigation
 from pm_streams import STREAM_DEPLOYS
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,17 @@ from pm_orchestrator.delivery import Deliverer, Publishing
 from pm_orchestrator.domains import DomainServicer
 from pm_orchestrator.engine import Budget, Engine
 from pm_orchestrator.grpc_api import Servicers, registrations
+from pm_orchestrator.health_check import HealthCheck, HealthCheckServicer
+from pm_orchestrator.jobs import health_check_config, scheduled_jobs
+from pm_orchestrator.jobs_tools import RegistryTools
 from pm_orchestrator.knowledge import KnowledgeServicer
 from pm_orchestrator.meta import MetaServicer
 from pm_orchestrator.metrics import EngineMetrics, QueueMetrics
 from pm_orchestrator.onboarding import OnboardingServicer
 from pm_orchestrator.queries import InvestigationQueries
+from pm_orchestrator.scheduler import Scheduler, SchedulerMetrics
 from pm_orchestrator.settings import OrchestratorSettings
+from pm_orchestrator.similar import open_incident_memory
 from pm_secrets import secret_source_from_settings
 from pm_storage import s3_store_from_settings
 from pm_streams import (
@@ -70,7 +75,9 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
         )
         registry = open_channel(settings.registry_addr, ctx.tracing.provider)
         stack.push_async_callback(registry.close)
-        engine = Engine(pool, store, relay, budget, publishing, EngineMetrics(ctx.metrics.registry))
+        # Similar incidents (docs/memory.md); memory is None when no embedding provider is usable.
+        memory, recall = await open_incident_memory(stack, settings, pool, source, ctx.metrics.registry)
+        engine = Engine(pool, store, relay, budget, publishing, EngineMetrics(ctx.metrics.registry), recall=recall)
         queues = QueueMetrics(
             bus,
             (STREAM_INVESTIGATIONS_URGENT, STREAM_INVESTIGATIONS, STREAM_AGENT_TASKS, STREAM_AGENT_RESULTS),
@@ -95,6 +102,19 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             handler=engine.on_result,
             reclaim_idle_ms=settings.message_reclaim_idle_ms,
         )
+        # The health check (on demand and scheduled) and the other scheduled jobs (docs/operability.md).
+        tools = RegistryTools(registry, server=settings.publish_server)
+        health = HealthCheck(pool, tools, health_check_config(settings), relay.notify)
+        scheduler = Scheduler(
+            settings.database_url,
+            pool,
+            scheduled_jobs(settings, pool, tools, health, relay.notify) if settings.scheduled_jobs_enabled else [],
+            SchedulerMetrics(ctx.metrics.registry),
+            poll_seconds=settings.scheduler_poll_seconds,
+            grace_seconds=settings.scheduler_misfire_grace_seconds,
+            job_timeout_seconds=settings.scheduled_job_timeout_seconds,
+            retention_days=settings.scheduled_job_runs_retention_days,
+        )
         probes: dict[str, Probe] = {"database": partial(ping, pool), "redis": bus.ping, "object_store": store.ping}
         if settings.vault_addr:
             probes["vault"] = source.ping
@@ -102,13 +122,13 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
             # The RPCs not served yet answer UNIMPLEMENTED through the generated base class.
             registrations=registrations(
                 Servicers(
-                    # FindSimilarInvestigations arrives with the similar-incidents slice.
-                    investigations=InvestigationQueries(pool, access.auth, access.limiter, engine),  # type: ignore[abstract]
+                    investigations=InvestigationQueries(pool, access.auth, access.limiter, engine),
                     domains=DomainServicer(pool, access.auth, access.limiter),
+                    onboarding=OnboardingServicer(pool, access.auth, access.limiter, registry),
                     knowledge=KnowledgeServicer(pool, access.auth, access.limiter),
                     meta=MetaServicer(pool, access.auth, access.limiter),
-                    onboarding=OnboardingServicer(pool, access.auth, access.limiter, registry),
                     analytics=AnalyticsServicer(pool, access.auth, access.limiter, budget),
+                    health_check=HealthCheckServicer(health, access.auth, access.limiter),
                 )
             ),
             probes=probes,
@@ -118,6 +138,8 @@ async def build(settings: OrchestratorSettings, ctx: BuildContext) -> AsyncItera
                 queues.run,
                 Deliverer(pool, source, registry, publishing, max_attempts=settings.callback_max_attempts).run,
                 partial(engine.run_reconciler, settings.reconcile_interval_seconds, settings.reconcile_stale_seconds),
+                *([scheduler.run] if settings.scheduled_jobs_enabled else []),
+                *([memory.run] if memory is not None else []),
             ],
         )
 

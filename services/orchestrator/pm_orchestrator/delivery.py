@@ -26,6 +26,7 @@ SKIP LOCKED, so replicas never send one twice at the same time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -41,10 +42,13 @@ import asyncpg
 import grpc
 import httpx
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_orchestrator.rows import json_object
 from pm_secrets import SecretSource
+from pm_telemetry import bind_investigation, parent_context, trace_context
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ _PERMANENT = {
 
 _CLAIM = """
 SELECT d.id, d.target, d.target_ref, d.attempts, i.id AS investigation_id, i.ticket_id, i.status, i.verdict,
-       i.confidence, i.summary, i.error
+       i.confidence, i.summary, i.error, i.trace_context
 FROM deliveries d JOIN investigations i ON i.id = d.investigation_id
 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
 ORDER BY d.next_attempt_at
@@ -117,6 +121,11 @@ async def record_deliveries(conn: asyncpg.Connection, investigation: Mapping[str
             target,
             ref,
         )
+
+
+@functools.cache
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer(__name__)
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -203,8 +212,26 @@ class Deliverer:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_CLAIM, batch)
             for row in rows:
-                outcome = await self._attempt(client, row)
-                await self._record(conn, row, outcome)
+                # Each attempt continues the investigation's trace (the request's, kept on its row).
+                with (
+                    _tracer().start_as_current_span(
+                        "delivery.send",
+                        context=parent_context(json_object(row["trace_context"])),
+                        attributes={
+                            "pm.investigation_id": str(row["investigation_id"]),
+                            "pm.delivery.target": row["target"],
+                            "pm.delivery.attempt": row["attempts"] + 1,
+                        },
+                    ) as span,
+                    bind_investigation(str(row["investigation_id"])),
+                ):
+                    outcome = await self._attempt(client, row)
+                    span.set_attribute("pm.delivery.outcome", "delivered" if not outcome.error else "failed")
+                    if outcome.error:
+                        span.set_status(StatusCode.ERROR, "retryable" if outcome.retryable else "failed")
+                    if outcome.response_status is not None:
+                        span.set_attribute("http.response.status_code", outcome.response_status)
+                    await self._record(conn, row, outcome)
         return len(rows)
 
     async def _attempt(self, client: httpx.AsyncClient, row: asyncpg.Record) -> Attempt:
@@ -225,7 +252,8 @@ class Deliverer:
     async def _callback(self, client: httpx.AsyncClient, row: asyncpg.Record, secret: str) -> Attempt:
         body = json.dumps(payload(row), sort_keys=True).encode()
         timestamp = str(int(time.time()))
-        headers = {"idempotency-key": str(row["id"]), "x-pm-timestamp": timestamp}
+        # traceparent lets the receiver continue the investigation's trace.
+        headers = {**trace_context(), "idempotency-key": str(row["id"]), "x-pm-timestamp": timestamp}
         if secret:
             headers["x-pm-signature"] = signature(secret, timestamp, body)
         return await self._post(client, row["target_ref"], body, headers)

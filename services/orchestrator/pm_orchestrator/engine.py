@@ -25,10 +25,11 @@ orchestrator replicas can consume side by side:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from typing import Any
 
 import asyncpg
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
 
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
@@ -47,6 +49,7 @@ from pm_orchestrator.rows import json_object
 from pm_storage import ObjectStore
 from pm_streams import STREAM_AGENT_TASKS, STREAM_INVESTIGATIONS, STREAM_INVESTIGATIONS_URGENT, Delivery
 from pm_streams.outbox import OutboxRelay
+from pm_telemetry import bind_investigation, parent_context, trace_context
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class AgentPhase:
 
 
 Handler = Callable[["Engine", asyncpg.Connection, asyncpg.Record], Awaitable[str | None]]
+# The HYPOTHESIZE steps' context of similar past incidents (pm_orchestrator.similar.HypothesisContext).
+Recall = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +165,11 @@ class Engine:
         budget: Budget | None = None,
         publishing: Publishing | None = None,
         metrics: EngineMetrics | None = None,
+        recall: Recall | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
+        self._recall = recall
         self._relay = relay
         self._budget = budget or Budget()
         self.publishing = publishing or Publishing()
@@ -208,12 +215,16 @@ class Engine:
             if investigation is None or investigation["status"] != "queued":
                 return  # unknown, or already started by another delivery or replica
             limits = self._budget.limits(json_object(investigation["budget"]))
+            # The request's trace, kept for work no message will carry (an investigation written
+            # without one, by an older intake or by hand, continues the trace of this delivery).
             await conn.execute(
                 "UPDATE investigations SET status = 'running', started_at = now(), updated_at = now(), budget = $2,"
-                " deadline_at = coalesce(deadline_at, now() + make_interval(secs => $3)) WHERE id = $1",
+                " deadline_at = coalesce(deadline_at, now() + make_interval(secs => $3)),"
+                " trace_context = CASE WHEN trace_context = '{}'::jsonb THEN $4 ELSE trace_context END WHERE id = $1",
                 investigation["id"],
                 limits,
                 float(limits["wall_seconds"]),
+                dict(message.trace_context) or trace_context(),
             )
             await self.event(conn, investigation["id"], "started", "running", "intake", "investigation started")
             _note("started", investigation)
@@ -343,23 +354,30 @@ class Engine:
         """Start `phase` (and, for orchestrator phases, run on until an agent phase or the end).
         An agent phase's steps get `states`, by default those its `inputs_from` phase left."""
         while phase is not None:
-            investigation = await conn.fetchrow(
-                "UPDATE investigations SET phase = $2, updated_at = now(), hypothesis_iteration ="
-                " CASE WHEN $2 = 'hypothesize' AND hypothesis_iteration = 0 THEN 1 ELSE hypothesis_iteration END"
-                " WHERE id = $1 RETURNING *",
-                investigation["id"],
-                phase,
-            )
-            await self.event(conn, investigation["id"], "phase", "running", phase, message or f"phase {phase} started")
-            spec = PHASES[phase]
-            if isinstance(spec, AgentPhase):
-                if states is None:
-                    states = await self._states(conn, investigation["id"], spec.inputs_from) if spec.inputs_from else []
-                for role in spec.roles:
-                    await self._dispatch(conn, investigation, phase, role, 1, states, delay=0.0)
-                return
-            phase = await spec.handler(self, conn, investigation)
-            states, message = None, ""
+            with _tracer().start_as_current_span(
+                "engine.phase", attributes={"pm.investigation_id": str(investigation["id"]), "pm.phase": phase}
+            ):
+                investigation = await conn.fetchrow(
+                    "UPDATE investigations SET phase = $2, updated_at = now(), hypothesis_iteration ="
+                    " CASE WHEN $2 = 'hypothesize' AND hypothesis_iteration = 0 THEN 1 ELSE hypothesis_iteration END"
+                    " WHERE id = $1 RETURNING *",
+                    investigation["id"],
+                    phase,
+                )
+                text = message or f"phase {phase} started"
+                log.info("%s", text, extra={"investigation_id": str(investigation["id"]), "phase": phase})
+                await self.event(conn, investigation["id"], "phase", "running", phase, text)
+                spec = PHASES[phase]
+                if isinstance(spec, AgentPhase):
+                    if states is None:
+                        states = (
+                            await self._states(conn, investigation["id"], spec.inputs_from) if spec.inputs_from else []
+                        )
+                    for role in spec.roles:
+                        await self._dispatch(conn, investigation, phase, role, 1, states, delay=0.0)
+                    return
+                phase = await spec.handler(self, conn, investigation)
+                states, message = None, ""
 
     async def _states(self, conn: asyncpg.Connection, investigation_id: uuid.UUID, phase: str) -> list[str]:
         """The states `phase`'s succeeded steps left, in its latest hypothesis iteration."""
@@ -389,7 +407,10 @@ class Engine:
         task_id = f"{investigation['id']}:{phase}:{role}:{iteration}:{attempt}"
         # The domain names the registry server whose tools the steps prefer (e.g. one sandbox per
         # benchmark case); without a server of that name, any server offering a capability serves.
-        inputs = {"state_uris": list(states), "server": str(investigation["domain"] or "")}
+        inputs: dict[str, Any] = {"state_uris": list(states), "server": str(investigation["domain"] or "")}
+        if phase == "hypothesize" and self._recall is not None:
+            # Past incidents like this one, or why none is given (pm_orchestrator.similar).
+            inputs["similar_incidents"] = await self._recall(conn, investigation)
         await conn.execute(
             "INSERT INTO investigation_steps (id, investigation_id, phase, agent_role, iteration, attempt, status,"
             " task_id, reasoner, input, dispatched_at) VALUES ($1, $2, $3, $4, $5, $6, 'dispatched', $7, 'rule', $8,"
@@ -428,21 +449,33 @@ class Engine:
         inputs: Mapping[str, Any],
         delay: float = 0.0,
     ) -> None:
-        """The step's AgentTask into the outbox (published by the relay after commit)."""
-        task = events_pb2.AgentTask(
-            task_id=task_id,
-            investigation_id=str(investigation["id"]),
-            step_id=str(step_id),
-            phase=_PHASE_ENUM[phase],
-            agent_role=role,
-            attempt=attempt,
-            model_tier=str(investigation["mode"]),
-            # The worker decides: its LLM reasoner when it has a key, else the rule reasoner.
-            reasoner="auto",
-            input=json_format.ParseDict(dict(inputs), struct_pb2.Struct()),
-        )
-        task.dispatched_at.FromDatetime(datetime.now(UTC))
-        await _outbox(conn, STREAM_AGENT_TASKS, investigation, MESSAGE_TYPE_TASK, task.SerializeToString(), delay)
+        """The step's AgentTask into the outbox (published by the relay after commit), carrying the
+        trace context of its dispatch, so the worker's spans join the investigation's trace."""
+        with _tracer().start_as_current_span(
+            "engine.dispatch",
+            attributes={
+                "pm.investigation_id": str(investigation["id"]),
+                "pm.phase": phase,
+                "pm.agent": role,
+                "pm.attempt": attempt,
+                "pm.task_id": task_id,
+            },
+        ):
+            task = events_pb2.AgentTask(
+                task_id=task_id,
+                investigation_id=str(investigation["id"]),
+                step_id=str(step_id),
+                phase=_PHASE_ENUM[phase],
+                agent_role=role,
+                attempt=attempt,
+                model_tier=str(investigation["mode"]),
+                # The worker decides: its LLM reasoner when it has a key, else the rule reasoner.
+                reasoner="auto",
+                input=json_format.ParseDict(dict(inputs), struct_pb2.Struct()),
+                trace_context=trace_context(),
+            )
+            task.dispatched_at.FromDatetime(datetime.now(UTC))
+            await _outbox(conn, STREAM_AGENT_TASKS, investigation, MESSAGE_TYPE_TASK, task.SerializeToString(), delay)
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -466,29 +499,35 @@ class Engine:
                 stale_seconds,
             )
             for investigation in queued:
-                event = events_pb2.InvestigationRequested(
-                    event_id=str(uuid.uuid4()),
-                    investigation_id=str(investigation["id"]),
-                    ticket_id=investigation["ticket_id"],
-                    domain=investigation["domain"] or "",
-                    callback_url=investigation["callback_url"] or "",
-                    requested_by=investigation["requested_by"],
-                )
-                stream = STREAM_INVESTIGATIONS_URGENT if investigation["priority"] <= 2 else STREAM_INVESTIGATIONS
-                await _outbox(conn, stream, investigation, MESSAGE_TYPE_REQUESTED, event.SerializeToString(), 0.0)
-                await self.event(conn, investigation["id"], "redriven", "queued", "intake", "request announced again")
+                with _redriving(investigation["id"], investigation["trace_context"], "intake"):
+                    event = events_pb2.InvestigationRequested(
+                        event_id=str(uuid.uuid4()),
+                        investigation_id=str(investigation["id"]),
+                        ticket_id=investigation["ticket_id"],
+                        domain=investigation["domain"] or "",
+                        callback_url=investigation["callback_url"] or "",
+                        requested_by=investigation["requested_by"],
+                        trace_context=trace_context(),
+                    )
+                    stream = STREAM_INVESTIGATIONS_URGENT if investigation["priority"] <= 2 else STREAM_INVESTIGATIONS
+                    await _outbox(conn, stream, investigation, MESSAGE_TYPE_REQUESTED, event.SerializeToString(), 0.0)
+                    await self.event(
+                        conn, investigation["id"], "redriven", "queued", "intake", "request announced again"
+                    )
                 announced += 1
             late = await conn.fetch(
-                "SELECT id FROM investigations WHERE status = 'running' AND deadline_at < now() LIMIT 500"
+                "SELECT id, trace_context FROM investigations WHERE status = 'running' AND deadline_at < now()"
+                " LIMIT 500"
             )
             for row in late:
-                locked = await conn.fetchrow("SELECT id FROM investigations WHERE id = $1 FOR UPDATE", row["id"])
-                reason = await self._breach(conn, locked["id"]) if locked else ""
-                if reason:
-                    await self.conclude_early(conn, locked["id"], reason)
-                    announced += 1
+                with _redriving(row["id"], row["trace_context"], "deadline"):
+                    locked = await conn.fetchrow("SELECT id FROM investigations WHERE id = $1 FOR UPDATE", row["id"])
+                    reason = await self._breach(conn, locked["id"]) if locked else ""
+                    if reason:
+                        await self.conclude_early(conn, locked["id"], reason)
+                        announced += 1
             steps = await conn.fetch(
-                "SELECT s.*, i.mode, i.priority FROM investigation_steps s JOIN investigations i"
+                "SELECT s.*, i.mode, i.priority, i.trace_context FROM investigation_steps s JOIN investigations i"
                 " ON i.id = s.investigation_id WHERE i.status = 'running' AND s.status IN ('dispatched', 'running')"
                 " AND s.dispatched_at < now() - make_interval(secs => $1)"
                 " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = s.investigation_id"
@@ -497,21 +536,22 @@ class Engine:
             )
             for step in steps:
                 investigation = {"id": step["investigation_id"], "mode": step["mode"], "priority": step["priority"]}
-                await self._announce(
-                    conn,
-                    investigation,
-                    task_id=step["task_id"],
-                    step_id=step["id"],
-                    phase=step["phase"],
-                    role=step["agent_role"],
-                    attempt=step["attempt"],
-                    inputs=json_object(step["input"]),
-                )
-                await conn.execute("UPDATE investigation_steps SET dispatched_at = now() WHERE id = $1", step["id"])
-                await self.event(
-                    conn, step["investigation_id"], "redriven", "running", step["phase"],
-                    f"step {step['agent_role']} announced again (no result for {stale_seconds:.0f}s)",
-                )  # fmt: skip
+                with _redriving(step["investigation_id"], step["trace_context"], step["phase"]):
+                    await self._announce(
+                        conn,
+                        investigation,
+                        task_id=step["task_id"],
+                        step_id=step["id"],
+                        phase=step["phase"],
+                        role=step["agent_role"],
+                        attempt=step["attempt"],
+                        inputs=json_object(step["input"]),
+                    )
+                    await conn.execute("UPDATE investigation_steps SET dispatched_at = now() WHERE id = $1", step["id"])
+                    await self.event(
+                        conn, step["investigation_id"], "redriven", "running", step["phase"],
+                        f"step {step['agent_role']} announced again (no result for {stale_seconds:.0f}s)",
+                    )  # fmt: skip
                 announced += 1
         if announced:
             log.warning("reconciler announced %d message(s) again", announced)
@@ -700,6 +740,15 @@ class Engine:
     ) -> None:
         """Render the findings (by default the RECOMMEND step's); store Markdown and HTML in S3 and
         the report row."""
+        with _tracer().start_as_current_span(
+            "engine.report", attributes={"pm.investigation_id": str(investigation["id"])}
+        ) as span:
+            verdict = await self._write_report(conn, investigation, findings)
+            span.set_attribute("pm.verdict", verdict)
+
+    async def _write_report(
+        self, conn: asyncpg.Connection, investigation: asyncpg.Record, findings: Mapping[str, Any] | None
+    ) -> str:
         if findings is None:
             row = await conn.fetchrow(
                 "SELECT output FROM investigation_steps WHERE investigation_id = $1 AND phase = 'recommend'"
@@ -783,6 +832,7 @@ class Engine:
             html_ref.uri(self._store.bucket),
         )
         await self.event(conn, investigation["id"], "report", "running", "report", f"report ready: {verdict}")
+        return verdict
 
     # -- progress ---------------------------------------------------------------------------
 
@@ -825,6 +875,27 @@ async def _outbox(
         int(investigation["priority"]),
         delay,
     )
+
+
+@functools.cache
+def _tracer() -> trace.Tracer:
+    """The engine's tracer (the process's provider, once the runtime has set it)."""
+    return trace.get_tracer(__name__)
+
+
+@contextmanager
+def _redriving(investigation_id: uuid.UUID, carried: Any, phase: str) -> Iterator[None]:
+    """A reconciler re-drive of one investigation, as a span of the investigation's own trace
+    (the request's, kept on its row), with its id on every log line."""
+    with (
+        _tracer().start_as_current_span(
+            "engine.redrive",
+            context=parent_context(json_object(carried)),
+            attributes={"pm.investigation_id": str(investigation_id), "pm.phase": phase},
+        ),
+        bind_investigation(str(investigation_id)),
+    ):
+        yield
 
 
 def _note(kind: str, value: Any) -> None:

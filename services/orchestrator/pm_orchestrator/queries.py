@@ -27,6 +27,7 @@ from pm_grpc.http import Context
 from pm_orchestrator.api import pagination, paging
 from pm_orchestrator.engine import Engine
 from pm_orchestrator.feedback import FeedbackRpcs
+from pm_orchestrator.similar import SimilarRpcs
 
 # How often a watcher looks for new events while nothing happens.
 WATCH_POLL_SECONDS = 0.25
@@ -123,7 +124,7 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-class InvestigationQueries(FeedbackRpcs, investigation_pb2_grpc.InvestigationServiceServicer):
+class InvestigationQueries(FeedbackRpcs, SimilarRpcs, investigation_pb2_grpc.InvestigationServiceServicer):
     """pm.investigation.v1.InvestigationService: reads, watch, cancel and bundle here; feedback
     and similar incidents in their mixins."""
 

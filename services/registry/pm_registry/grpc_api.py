@@ -14,11 +14,14 @@ import binascii
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_errors import ErrorCode, PmError
 from pm_grpc.http import Context
 from pm_registry.breaker import State
 from pm_registry.registry import Caller, Registry, ServerView, ToolView
+from pm_telemetry import bind_investigation
 
 _TRANSPORT = {
     "streamable_http": registry_pb2.TRANSPORT_STREAMABLE_HTTP,
@@ -42,6 +45,8 @@ _OUTCOME = {
     "denied": registry_pb2.CALL_OUTCOME_DENIED,
     "unavailable": registry_pb2.CALL_OUTCOME_UNAVAILABLE,
 }
+# pm.tool.status of a call the registry refused.
+_REFUSED = {ErrorCode.PERMISSION_DENIED: "denied", ErrorCode.UNAVAILABLE: "unavailable"}
 # Leave the caller's own deadline this much room to receive the answer.
 DEADLINE_MARGIN_SECONDS = 0.2
 
@@ -118,7 +123,26 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             room = max(remaining - DEADLINE_MARGIN_SECONDS, 0.05)
             timeout = min(timeout, room) if timeout else room
         arguments = json_format.MessageToDict(request.arguments) if request.HasField("arguments") else {}
-        outcome = await self._registry.call(request.server, request.tool, arguments, caller, timeout)
+        # The RPC's server span (a child of the caller's tool.call span) says which tool and how it
+        # went; the arguments stay out of it.
+        span = trace.get_current_span()
+        span.set_attributes(
+            {
+                "pm.tool.server": request.server,
+                "pm.tool.name": request.tool,
+                "pm.investigation_id": request.investigation_id,
+                "pm.agent": request.agent_role,
+            }
+        )
+        try:
+            with bind_investigation(request.investigation_id):
+                outcome = await self._registry.call(request.server, request.tool, arguments, caller, timeout)
+        except PmError as exc:
+            span.set_attribute("pm.tool.status", _REFUSED.get(exc.code, str(exc.code)))
+            raise
+        span.set_attributes(
+            {"pm.tool.status": outcome.status, "pm.tool.call_id": outcome.call_id, "pm.tool.attempts": outcome.attempts}
+        )
         response = registry_pb2.CallToolResponse(
             call_id=outcome.call_id,
             outcome=_OUTCOME[outcome.status],

@@ -20,11 +20,12 @@ from pm_secrets import secret_source_from_settings
 from pm_settings import SettingsError
 from pm_storage import s3_store_from_settings
 from pm_streams import StreamBus
-from pm_worker.executor import LLMSetup, StepExecutor, new_worker_id
+from pm_worker.executor import StepExecutor, new_worker_id
 from pm_worker.llm.anthropic_api import AnthropicProvider
 from pm_worker.llm.fallback import OpenAICompatibleProvider
 from pm_worker.llm.loop import AgentLoop, Fallback, LoopSettings
 from pm_worker.llm.protocol import ModelProvider
+from pm_worker.llm.roles import LLMSetup
 from pm_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ async def _llm(settings: WorkerSettings, secrets: Any, stack: AsyncExitStack) ->
         ),
     )
     log.info(
-        "LLM reasoner: %s (%s)", getattr(primary, "name", "provider"), ", ".join(f"{k}={v}" for k, v in models.items())
+        "LLM reasoner: %s (%s; roles by mode: %s)",
+        getattr(primary, "name", "provider"),
+        ", ".join(f"{k}={v}" for k, v in models.items()),
+        "; ".join(f"{mode}: {', '.join(sorted(roles)) or 'none'}" for mode, roles in settings.llm_mode_roles.items()),
     )
-    return LLMSetup(loop, models)
+    return LLMSetup(loop, models, mode_roles=settings.llm_mode_roles, limits=settings.llm_role_limits)

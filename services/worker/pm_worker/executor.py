@@ -21,12 +21,14 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pm.common.v1 import types_pb2
@@ -34,12 +36,15 @@ from pm.events.v1 import events_pb2
 from pm_errors import NotFound, PmError
 from pm_storage import ObjectStore
 from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
-from pm_worker.llm.conclude import RegistryTools, conclude_with_llm
-from pm_worker.llm.loop import AgentLoop
+from pm_worker.llm.case_view import carry_notes
+from pm_worker.llm.conclude import RegistryTools
+from pm_worker.llm.loop import LoopResult
 from pm_worker.llm.protocol import AnswerMissing, ProviderRejected, StructuredOutputInvalid
+from pm_worker.llm.roles import LLMSetup, run_llm_role
 from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION
-from pm_worker.rules.steps import StepInputError, load_case, run_role
+from pm_worker.rules.steps import StepInputError, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
+from pm_worker.similar import hypothesis_context
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,7 @@ class StepExecutor:
         candidates_per_iteration: int = CANDIDATES_PER_ITERATION,
         llm: LLMSetup | None = None,
         metrics: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -86,8 +92,10 @@ class StepExecutor:
         self._concurrency = concurrency
         self._per_iteration = candidates_per_iteration
         self._llm = llm
-        self._llm_metrics = LLMMetrics(metrics) if llm is not None else None
+        # Declared even without an LLM, so dashboards and alerts find the families (empty).
+        self._llm_metrics = LLMMetrics(metrics)
         self._worker_metrics = WorkerMetrics(metrics, concurrency) if metrics is not None else None
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def subscribe(self) -> None:
         self._bus.subscribe(
@@ -114,7 +122,32 @@ class StepExecutor:
         await self._bus.publish(STREAM_AGENT_RESULTS, result, message_id=f"{task.task_id}:result")
 
     async def run(self, task: events_pb2.AgentTask) -> events_pb2.AgentResult:
-        """Run one step; never raises for the step's own failures (they become the result)."""
+        """Run one step as an `agent.step` span; never raises for the step's own failures (they
+        become the result)."""
+        phase = types_pb2.Phase.Name(task.phase).removeprefix("PHASE_").lower()
+        with self._tracer.start_as_current_span(
+            "agent.step",
+            attributes={
+                "pm.investigation_id": task.investigation_id,
+                "pm.phase": phase,
+                "pm.agent": task.agent_role,
+                "pm.attempt": task.attempt,
+                "pm.task_id": task.task_id,
+                "pm.step_id": task.step_id,
+                "pm.worker_id": self.worker_id,
+            },
+        ) as span:
+            result = await self._run(task)
+            reasoner = "llm" if result.model else "rule"
+            span.set_attribute("pm.reasoner", reasoner)
+            span.set_attribute("pm.model", result.model or "none")
+            span.set_attribute("pm.step_status", events_pb2.StepStatus.Name(result.status))
+            span.set_attribute("pm.tool_calls", len(result.tool_call_ids))
+            if result.status != events_pb2.STEP_STATUS_SUCCEEDED:
+                span.set_status(StatusCode.ERROR, result.error[:300])
+        return result
+
+    async def _run(self, task: events_pb2.AgentTask) -> events_pb2.AgentResult:
         started = time.monotonic()
         result = events_pb2.AgentResult(
             task_id=task.task_id,
@@ -142,10 +175,10 @@ class StepExecutor:
             )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
             state, output = await run_role(tools, task.agent_role, states, per_iteration=self._per_iteration)
-            llm_trace: list[dict[str, Any]] = []
-            if task.agent_role == "recommend" and self._llm is not None and task.reasoner != "rule":
-                domain = str(inputs.get("server", ""))
-                output, llm_trace = await self._conclude(task, domain, tools, state, output, result)
+            if "similar_incidents" in inputs:
+                # What HYPOTHESIZE was given of similar past incidents, or why it abstained.
+                output = {**output, "similar_incidents": hypothesis_context(inputs["similar_incidents"])}
+            state, output, llm_trace = await self._reason(task, inputs, tools, states, state, output, result)
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}
@@ -197,23 +230,33 @@ class StepExecutor:
         )
         return result
 
-    async def _conclude(
+    async def _reason(
         self,
         task: events_pb2.AgentTask,
-        domain: str,
-        box: RegistryToolBox,
-        state: Mapping[str, Any],
-        rule_findings: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        tools: RegistryToolBox,
+        states: list[dict[str, Any]],
+        state: dict[str, Any],
+        output: dict[str, Any],
         result: events_pb2.AgentResult,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The LLM's RECOMMEND on the rule reasoner's state; fills the result's model and usage."""
-        assert self._llm is not None
-        assert self._llm_metrics is not None
-        model = self._llm.models.get(task.model_tier) or self._llm.models["balanced"]
-        conclusion = await conclude_with_llm(self._llm.loop, model, RegistryTools(box), load_case(state), rule_findings)
-        loop_result = conclusion.result
-        if loop_result is None:  # the providers were down: the rule reasoner's conclusion
-            return conclusion.findings, []
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """The role's LLM agent on the rule reasoner's state and output, when the task's mode gives
+        the LLM this role (pm_worker.llm.modes); otherwise the rule reasoner's step stands. Returns
+        (state, output, the model's turns) and fills the result's model and usage."""
+        agent = (
+            None
+            if self._llm is None or task.reasoner == "rule"
+            else self._llm.assignment(task.model_tier, task.agent_role)
+        )
+        if agent is None:
+            return carry_notes(states, state), output, []
+        step = await run_llm_role(agent, RegistryTools(tools), states, state, output, per_iteration=self._per_iteration)
+        if step.result is not None:
+            self._record_usage(step.result, result, str(inputs.get("server", "")))
+        return step.state, step.output, step.trace
+
+    def _record_usage(self, loop_result: LoopResult[Any], result: events_pb2.AgentResult, domain: str) -> None:
+        """The model's spending onto the step's result and the worker's metrics."""
         usage = loop_result.usage
         result.model = loop_result.model
         result.usage.CopyFrom(
@@ -228,17 +271,6 @@ class StepExecutor:
             )
         )
         self._llm_metrics.record(loop_result.usage_by_model, domain)
-        findings = {
-            **conclusion.findings,
-            "llm": {
-                "provider": loop_result.provider,
-                "switched_provider": loop_result.switched_provider,
-                "turns": loop_result.turns,
-                "corrections": loop_result.corrections,
-                "compactions": loop_result.compactions,
-            },
-        }
-        return findings, loop_result.trace
 
     async def _read_state(self, uri: str) -> dict[str, Any]:
         key, version = _s3_key(uri, self._store.bucket)
@@ -257,14 +289,6 @@ class StepExecutor:
     async def _put_json(self, key: str, value: Mapping[str, Any]) -> Any:
         data = json.dumps(value, sort_keys=True, default=str).encode()
         return await self._store.put(key, data, content_type="application/json")
-
-
-@dataclass(frozen=True, slots=True)
-class LLMSetup:
-    """The LLM reasoner of this worker: its loop and the model of each mode."""
-
-    loop: AgentLoop
-    models: Mapping[str, str]  # mode (fast, balanced, deep) -> model id
 
 
 class WorkerMetrics:

@@ -1,10 +1,12 @@
 """Settings of the worker (environment variables, read once in main())."""
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pm_settings import ObjectStoreSettings, RedisSettings, RegistryClientSettings, ServiceSettings
+from pm_worker.llm.modes import DEFAULT_MODE_ROLES, DEFAULT_ROLE_LIMITS, mode_roles, role_limits
 
 
 class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, RegistryClientSettings):
@@ -23,19 +25,49 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     # Candidate changes the rule reasoner verifies per HYPOTHESIZE ⇄ VERIFY iteration (one diff
     # each); the rest wait for the next iteration, and iterations are bounded by mode (1/3/5).
     rule_candidates_per_iteration: int = Field(default=4, ge=1, le=50)
-    # Which reasoner concludes: auto (the LLM when a key is configured, else the rules), rule,
-    # or llm (refuses to start without a key). Keys are secrets: anthropic-api-key and
-    # openai-api-key (Vault first, then ANTHROPIC_API_KEY / OPENAI_API_KEY).
+    # Which reasoner runs: auto (the LLM for the roles LLM_MODE_ROLES gives it when a key is
+    # configured, else the rules), rule, or llm (refuses to start without a key). Keys are
+    # secrets: anthropic-api-key and openai-api-key (Vault first, then ANTHROPIC_API_KEY /
+    # OPENAI_API_KEY).
     reasoner: Literal["auto", "rule", "llm"] = "auto"
     anthropic_base_url: str = ""
     # An OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp): the fallback when the
     # Anthropic API is unavailable, or the only provider when it has the only key.
     openai_base_url: str = ""
     openai_model: str = ""
-    # The model of each mode.
+    # The model of each tier.
     llm_model_fast: str = "claude-haiku-5-5"
     llm_model_balanced: str = "claude-sonnet-5-5"
     llm_model_deep: str = "claude-opus-5-5"
     llm_max_turns: int = Field(default=12, ge=1, le=100)
     llm_max_tokens: int = Field(default=4096, ge=256, le=64_000)
     llm_context_limit_tokens: int = Field(default=200_000, ge=8_000, le=2_000_000)
+    # Which roles the LLM runs in each mode and on which tier (the others run the rule reasoner);
+    # modes not given keep these (pm_worker.llm.modes, docs/llm.md).
+    llm_mode_roles: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {mode: dict(roles) for mode, roles in DEFAULT_MODE_ROLES.items()}
+    )
+    # Conversation limits per LLM role; roles not given use LLM_MAX_TURNS and LLM_MAX_TOKENS.
+    llm_role_limits: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {role: dict(limits) for role, limits in DEFAULT_ROLE_LIMITS.items()}
+    )
+
+    @field_validator("llm_mode_roles", mode="before")
+    @classmethod
+    def _mode_roles(cls, value: Any) -> dict[str, dict[str, str]]:
+        return mode_roles(_json(value))
+
+    @field_validator("llm_role_limits", mode="before")
+    @classmethod
+    def _role_limits(cls, value: Any) -> dict[str, dict[str, int]]:
+        return role_limits(_json(value))
+
+
+def _json(value: Any) -> Any:
+    """A JSON object given as text (an environment variable) parsed; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+    return value

@@ -4,7 +4,11 @@ actually made.
 An evidence item or a check is dropped when it cites nothing or cites any id that is not among
 the investigation's calls (one invented id discredits the claim: the model may have invented the
 fact with it). A verdict naming a culprit with no evidence left is downgraded to INCONCLUSIVE,
-and the summary says why.
+and the summary says why. The same rule holds for HYPOTHESIZE (a hypothesis left without
+evidence is dropped; a changed failure order left without evidence is ignored) and VERIFY (a
+pass or fail citing nothing real is dropped; an `unknown` may cite nothing; a hypothesis left
+without checks is dropped, a `verified` one left without a passing check becomes `unverified`,
+and `converged` without a verified hypothesis becomes false).
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from pm_worker.llm.schemas import CULPRIT_VERDICTS, Check, Evidence, Findings, Remediation
+from pm_worker.llm.schemas import (
+    CULPRIT_VERDICTS,
+    Check,
+    ChecklistItem,
+    Evidence,
+    Findings,
+    Hypotheses,
+    RankedHypothesis,
+    Remediation,
+    Verification,
+    VerifiedHypothesis,
+)
 
 DOWNGRADED_CONFIDENCE = 0.3
 
@@ -84,3 +99,97 @@ def _downgrade(cleaned: Findings, original: Findings, rejected: int) -> Findings
             ),
         }
     )
+
+
+def _cites(evidence: list[Evidence], known: frozenset[str], rejected: list[str], label: str) -> list[Evidence]:
+    kept = []
+    for item in evidence:
+        if _supported(item.call_ids, known):
+            kept.append(item)
+        else:
+            rejected.append(f"{label}: {item.claim}")
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class HypothesesReview:
+    """HYPOTHESIZE's answer with unsupported claims removed, and what was removed."""
+
+    answer: Hypotheses
+    rejected: int
+    rejected_claims: tuple[str, ...] = ()
+    # Hypotheses (kind ref) left without any supported evidence, so dropped from the ranking.
+    dropped: tuple[str, ...] = ()
+
+
+def review_hypotheses(answer: Hypotheses, known_call_ids: Collection[str]) -> HypothesesReview:
+    """Drop evidence citing nothing or unknown calls; drop hypotheses and a failure order left unsupported."""
+    known = frozenset(known_call_ids)
+    rejected: list[str] = []
+    kept: list[RankedHypothesis] = []
+    dropped: list[str] = []
+    for hypothesis in answer.hypotheses:
+        evidence = _cites(hypothesis.evidence, known, rejected, f"hypothesis {hypothesis.kind} {hypothesis.ref}")
+        if evidence:
+            kept.append(hypothesis.model_copy(update={"evidence": evidence}))
+        else:
+            dropped.append(f"{hypothesis.kind} {hypothesis.ref}")
+    order = _cites(answer.failure_order_evidence, known, rejected, "failure order")
+    update: dict[str, object] = {"hypotheses": kept, "failure_order_evidence": order}
+    if not order:
+        update.update(first_failing_service="", blast_radius=[])
+    cleaned = Hypotheses.model_validate(answer.model_copy(update=update).model_dump())
+    return HypothesesReview(cleaned, len(rejected), tuple(rejected), tuple(dropped))
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationReview:
+    """VERIFY's answer with unsupported checks removed, and what that changed."""
+
+    answer: Verification
+    rejected: int
+    rejected_claims: tuple[str, ...] = ()
+    # Hypotheses (kind ref) left without any check, so dropped.
+    dropped: tuple[str, ...] = ()
+    # Hypotheses (kind ref) claimed verified with no supported passing check left: now unverified.
+    downgraded: tuple[str, ...] = ()
+
+
+def _item_supported(item: ChecklistItem, known: frozenset[str]) -> bool:
+    if item.outcome == "unknown":
+        return all(call_id in known for call_id in item.call_ids)  # claims nothing, but invents nothing either
+    return _supported(item.call_ids, known)
+
+
+def review_verification(answer: Verification, known_call_ids: Collection[str]) -> VerificationReview:
+    """Drop checks citing nothing or unknown calls; demote what they no longer support."""
+    known = frozenset(known_call_ids)
+    rejected: list[str] = []
+    dropped: list[str] = []
+    downgraded: list[str] = []
+    kept: list[VerifiedHypothesis] = []
+    for hypothesis in answer.hypotheses:
+        name = f"{hypothesis.kind} {hypothesis.ref}"
+        checklist = []
+        for item in hypothesis.checklist:
+            if _item_supported(item, known):
+                checklist.append(item)
+            else:
+                rejected.append(f"check {item.check} of {name}: {item.detail}")
+        if not checklist:
+            dropped.append(name)
+            continue
+        update: dict[str, object] = {"checklist": checklist}
+        if hypothesis.status == "verified" and not any(i.outcome == "pass" for i in checklist):
+            downgraded.append(name)
+            update.update(
+                status="unverified",
+                reason=f"No passing check of it cited a call this investigation made. The model had said: "
+                f"{hypothesis.reason}",
+            )
+        kept.append(hypothesis.model_copy(update=update))
+    converged = answer.converged and any(h.status == "verified" for h in kept)
+    cleaned = Verification.model_validate(
+        answer.model_copy(update={"hypotheses": kept, "converged": converged}).model_dump()
+    )
+    return VerificationReview(cleaned, len(rejected), tuple(rejected), tuple(dropped), tuple(downgraded))

@@ -1,11 +1,12 @@
-"""The citation checker: claims must rest on tool calls this investigation made."""
+"""The citation checker: claims must rest on tool calls this investigation made (findings,
+hypotheses and verification checklists alike)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pm_worker.llm.citations import check_citations
-from pm_worker.llm.schemas import Findings
+from pm_worker.llm.citations import check_citations, review_hypotheses, review_verification
+from pm_worker.llm.schemas import Findings, Hypotheses, Verification
 
 KNOWN = {"call-1", "call-2", "call-3"}
 
@@ -97,3 +98,98 @@ def test_an_inconclusive_verdict_without_evidence_is_left_as_it_is() -> None:
 
     assert review.findings == inconclusive
     assert (review.rejected, review.downgraded_from) == (0, "")
+
+
+def ranked(ref: str, *call_ids: str) -> dict[str, Any]:
+    return {
+        "kind": "commit",
+        "ref": ref,
+        "mechanism": "a smaller pool exhausts under normal load",
+        "evidence": [{"claim": f"{ref} shipped before the onset", "call_ids": list(call_ids)}],
+        "falsified_by": ["the pool size is unchanged"],
+        "plausibility": 0.5,
+    }
+
+
+def test_a_hypothesis_resting_only_on_invented_calls_is_dropped_and_counted() -> None:
+    answer = Hypotheses.model_validate(
+        {
+            "hypotheses": [
+                ranked("abc123", "call-1"),
+                ranked("def456", "call-404"),
+                ranked("0a0b0c", "call-2", "call-3"),
+            ],
+            "first_failing_service": "ledger",
+            "blast_radius": ["payments"],
+            "failure_order_evidence": [{"claim": "ledger failed first", "call_ids": ["call-3", "call-99"]}],
+        }
+    )
+
+    review = review_hypotheses(answer, KNOWN)
+
+    assert [h.ref for h in review.answer.hypotheses] == ["abc123", "0a0b0c"]
+    assert review.dropped == ("commit def456",)
+    # The invented hypothesis evidence and the failure order citing an unknown id among real ones.
+    assert review.rejected == 2
+    # A failure order left without support is ignored: the context's stands.
+    assert (review.answer.first_failing_service, review.answer.blast_radius) == ("", [])
+
+
+def checked(status: str, *items: tuple[str, str, list[str]]) -> dict[str, Any]:
+    return {
+        "kind": "commit",
+        "ref": "abc123",
+        "checklist": [{"check": c, "outcome": o, "detail": f"{c} compared", "call_ids": ids} for c, o, ids in items],
+        "status": status,
+        "reason": "the checks say so",
+    }
+
+
+def test_checks_citing_nothing_real_are_dropped_and_what_they_supported_is_demoted() -> None:
+    answer = Verification.model_validate(
+        {
+            "hypotheses": [
+                checked(
+                    "verified",
+                    ("signature", "pass", []),
+                    ("mechanism", "pass", ["call-7"]),
+                    ("timing", "unknown", []),
+                    ("location", "fail", ["call-1"]),
+                ),
+                {**checked("rejected", ("timing", "fail", ["call-8"])), "ref": "def456"},
+            ],
+            "converged": True,
+            "again": False,
+            "summary": "abc123 did it",
+        }
+    )
+
+    review = review_verification(answer, KNOWN)
+
+    first, *rest = review.answer.hypotheses
+    # An unknown outcome claims nothing and may cite nothing; pass and fail must cite real calls.
+    assert [(i.check, i.outcome) for i in first.checklist] == [("timing", "unknown"), ("location", "fail")]
+    assert first.status == "unverified"
+    assert first.reason.startswith("No passing check of it cited a call")
+    assert review.downgraded == ("commit abc123",)
+    # A hypothesis left with no check at all is dropped.
+    assert rest == []
+    assert review.dropped == ("commit def456",)
+    assert review.rejected == 3
+    # Nothing verified is left, so the question is not settled.
+    assert review.answer.converged is False
+
+
+def test_a_fully_cited_verification_passes_unchanged() -> None:
+    answer = Verification.model_validate(
+        {
+            "hypotheses": [checked("verified", ("signature", "pass", ["call-1"]), ("timing", "pass", ["call-2"]))],
+            "converged": True,
+            "again": False,
+            "summary": "abc123 did it",
+        }
+    )
+
+    review = review_verification(answer, KNOWN)
+
+    assert (review.rejected, review.answer) == (0, answer)

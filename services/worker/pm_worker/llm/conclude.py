@@ -1,10 +1,9 @@
-"""The LLM's pass over an investigation: RECOMMEND by a model that reads the evidence and the
-rule reasoner's verified hypotheses, may call the role's tools to confirm what it lacks, and
-submits cited findings.
+"""RECOMMEND by a model: it reads the evidence and the verified hypotheses (checked by the rule
+reasoner, or by the verification agent in the modes that run it, `roles.py`), may call the role's
+tools to confirm what it lacks, and submits cited findings.
 
-The deterministic phases (triage, gather, hypothesize, verify) stay with the rule reasoner: they
-collect and check the facts cheaply and cite every tool call. The model then weighs them — it
-can read a diff the rules misjudged, or reject a culprit whose checks are thin — and its answer
+The model weighs the facts the earlier steps collected and cited — it can read a diff the rules
+misjudged, or reject a culprit whose checks are thin — and its answer
 goes through the citation checker against every call id this investigation's state holds plus
 the calls the model made itself. When the providers stay unavailable the rule reasoner's
 conclusion stands, with the outage named among the problems, so an outage never kills an
@@ -21,10 +20,11 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from pm_worker.llm.case_view import key_of
 from pm_worker.llm.citations import check_citations
 from pm_worker.llm.loop import AgentLoop, LoopResult, Step
 from pm_worker.llm.prompts import load_prompt
-from pm_worker.llm.protocol import ProviderUnavailable, ToolResult, ToolSpec
+from pm_worker.llm.protocol import ProviderUnavailable, RoleTools, ToolResult, ToolSpec
 from pm_worker.llm.schemas import Findings
 from pm_worker.rules.reasoner import Case
 from pm_worker.rules.toolbox import RegistryToolBox, Route
@@ -91,8 +91,10 @@ def case_call_ids(case: Case) -> set[str]:
     return {i for i in ids if i}
 
 
-def context_text(case: Case, rule_findings: Mapping[str, Any]) -> str:
-    """The investigation as the model reads it: compact, every fact with its call ids."""
+def context_text(case: Case, rule_findings: Mapping[str, Any], notes: Mapping[str, Any] | None = None) -> str:
+    """The investigation as the model reads it: compact, every fact with its call ids (and what
+    the verification agent concluded of each candidate, when one ran)."""
+    verification = (notes or {}).get("verification", {})
     errors = [
         {k: e.get(k) for k in ("timestamp", "service", "severity_text", "msg", "message", "stack") if e.get(k)}
         for e in case.errors
@@ -112,8 +114,18 @@ def context_text(case: Case, rule_findings: Mapping[str, Any]) -> str:
             "checks": [
                 {"name": k.name, "passed": k.passed, "detail": k.detail, "call_ids": k.call_ids} for k in c.checks
             ],
+            **(
+                {"verification_agent": {k: verification[key][k] for k in ("status", "reason")}}
+                if (key := key_of(c.kind, c.ref)) in verification
+                else {}
+            ),
         }
         for c in case.candidates[:MAX_CANDIDATES_IN_CONTEXT]
+    ]
+    operational_verified = [
+        {k: v[k] for k in ("ref", "status", "reason")}
+        for key, v in verification.items()
+        if key.startswith("operational:")
     ]
     context = {
         "alert": case.alert,
@@ -126,6 +138,7 @@ def context_text(case: Case, rule_findings: Mapping[str, Any]) -> str:
         "evidence": [{"claim": e.claim, "call_ids": e.call_ids} for e in case.evidence],
         "operational_signals": [{"claim": e.claim, "call_ids": e.call_ids} for e in case.operational],
         "candidates": candidates,
+        **({"operational_causes_checked": operational_verified} if operational_verified else {}),
         "unverified_candidates": len(case.unproposed),
         "rule_reasoner": {
             "verdict": rule_findings.get("verdict"),
@@ -141,13 +154,18 @@ def context_text(case: Case, rule_findings: Mapping[str, Any]) -> str:
 
 
 async def conclude_with_llm(
-    loop: AgentLoop, model: str, tools: RegistryTools, case: Case, rule_findings: Mapping[str, Any]
+    loop: AgentLoop,
+    model: str,
+    tools: RoleTools,
+    case: Case,
+    rule_findings: Mapping[str, Any],
+    notes: Mapping[str, Any] | None = None,
 ) -> LLMConclusion:
     """RECOMMEND by the model; the rule reasoner's findings when the providers are down."""
     prompt = load_prompt("recommend")
     step: Step[Findings] = Step(
         system=prompt.text,
-        context=context_text(case, rule_findings),
+        context=context_text(case, rule_findings, notes),
         tools=await tools.specs(),
         output=Findings,
         model=model,

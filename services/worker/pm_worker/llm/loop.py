@@ -20,15 +20,21 @@ or calls `submit`. Safeguards:
   out of prose.
 - When the provider stays unavailable after its client's retries, the step continues on the
   fallback provider (once), with the same conversation, and the switch is recorded.
+
+Every model call is an `llm.call` span: provider, model, tokens, cost and whether the fallback
+answered; never the prompt or the answer.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from pm_worker.llm.pricing import PriceTable, Usage
@@ -143,6 +149,11 @@ class AgentLoop:
         return await _StepRun(self, step, runner).run()
 
 
+@functools.cache
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer(__name__)
+
+
 def truncate(text: str, limit: int) -> tuple[str, bool]:
     """`text` cut to about `limit` characters (at a line break when one is near) with a marker
     telling the model how to ask for less; and whether it was cut."""
@@ -251,7 +262,7 @@ class _StepRun(Generic[T]):
             tool_choice={"type": "tool", "name": self._submit.name} if forced else None,
         )
         try:
-            reply = await self._provider.complete(request)
+            reply, priced = await self._complete(request, fallback=False)
         except ProviderUnavailable as exc:
             if self._fallback is None or self._switched:
                 raise
@@ -265,8 +276,7 @@ class _StepRun(Generic[T]):
                 }
             )
             self._provider, self._model, self._switched = self._fallback.provider, self._fallback.model, True
-            reply = await self._provider.complete(replace(request, model=self._model))
-        priced = self._prices.priced(self._model, reply.usage)
+            reply, priced = await self._complete(replace(request, model=self._model), fallback=True)
         self._usage += priced
         self._by_model[self._model] = self._by_model.get(self._model, Usage()) + priced
         text = "\n".join(str(b.get("text", "")) for b in reply.content if b.get("type") == "text")
@@ -289,6 +299,37 @@ class _StepRun(Generic[T]):
         }
         self._trace.append(record)
         return reply, record
+
+    async def _complete(self, request: ModelRequest, *, fallback: bool) -> tuple[ModelTurn, Usage]:
+        """One model call as an `llm.call` span (model, provider, tokens, cost; never the prompt or
+        the answer); returns the reply and its priced usage."""
+        with _tracer().start_as_current_span(
+            "llm.call",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": self._provider.name,
+                "gen_ai.request.model": request.model,
+                "gen_ai.request.max_tokens": request.max_tokens,
+                "pm.llm.fallback": fallback,
+                "pm.llm.turn": self._turn,
+                "pm.llm.forced": request.tool_choice is not None,
+            },
+        ) as span:
+            reply = await self._provider.complete(request)
+            priced = self._prices.priced(request.model, reply.usage)
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": reply.model,
+                    "gen_ai.response.finish_reasons": [reply.stop_reason],
+                    "gen_ai.usage.input_tokens": priced.input_tokens,
+                    "gen_ai.usage.output_tokens": priced.output_tokens,
+                    "gen_ai.usage.cache_creation.input_tokens": priced.cache_creation_input_tokens,
+                    "gen_ai.usage.cache_read.input_tokens": priced.cache_read_input_tokens,
+                    "pm.llm.cost_usd": priced.cost_usd,
+                }
+            )
+        return reply, priced
 
     async def _answer(self, reply: ModelTurn, record: dict[str, Any]) -> T | None:
         """The validated answer if the model submitted one; otherwise run its tool calls and add

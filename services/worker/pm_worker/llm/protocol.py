@@ -50,6 +50,12 @@ class ToolRunner(Protocol):
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult: ...
 
 
+class RoleTools(ToolRunner, Protocol):
+    """A role's tools: their definitions for the model, and running them."""
+
+    async def specs(self) -> list[ToolSpec]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
     """One request to a model, in the Messages API's terms."""

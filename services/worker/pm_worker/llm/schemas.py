@@ -1,6 +1,9 @@
 """The structured output a model submits through a tool, validated with pydantic.
 
-Field names follow what the rule reasoner's `conclude()` returns (verdict, confidence, summary,
+`Findings` is RECOMMEND's answer, `Hypotheses` HYPOTHESIZE's and `Verification` VERIFY's
+(`pm_worker.llm.roles` turns the last two into the rule reasoner's state).
+
+Findings' field names follow what the rule reasoner's `conclude()` returns (verdict, confidence, summary,
 first_failing_service, blast_radius, culprit, operational_signal, remediation {class, steps},
 hypotheses with checks, evidence {claim, call_ids}, timeline {at, event}), so the orchestrator's
 report renderer reads either reasoner's findings. Every claim carries the ids of the tool calls
@@ -125,6 +128,112 @@ class Findings(_Model):
             hypothesis["title"] = hypothesis["title"] or hypothesis["statement"]
             hypothesis["score"] = hypothesis["confidence"]
         return report
+
+
+# --- HYPOTHESIZE ---------------------------------------------------------------------------
+
+
+class RankedHypothesis(_Model):
+    """One candidate cause as HYPOTHESIZE ranks it, before anyone has verified it."""
+
+    kind: Literal["commit", "flag", "config", "operational"]
+    ref: str = Field(
+        min_length=1,
+        description="Commit sha as the context spells it, flag name, config key, or a short name of the"
+        " operational cause (certificate expiry, disk full, traffic surge, ...).",
+    )
+    service: str = Field(default="", description="The service it changed or affects.")
+    mechanism: str = Field(min_length=1, description="How it would produce the symptom, cause to effect.")
+    evidence: list[Evidence] = Field(
+        min_length=1, description="The facts that point to it, each citing the call_ids it is read from."
+    )
+    falsified_by: list[str] = Field(
+        min_length=1,
+        description="Observations that would show it wrong: what verification should look for first.",
+    )
+    plausibility: float = Field(ge=0.0, le=1.0, description="How likely it is from what is known now.")
+
+
+class Hypotheses(_Model):
+    """HYPOTHESIZE's answer: where the failure started and the candidate causes, most plausible first."""
+
+    first_failing_service: str = Field(
+        default="",
+        description="Only when the evidence shows the failure started elsewhere than the context says;"
+        " empty to keep the context's.",
+    )
+    blast_radius: list[str] = Field(
+        default_factory=list, description="With first_failing_service: the services that failed after it."
+    )
+    failure_order_evidence: list[Evidence] = Field(
+        default_factory=list, description="With first_failing_service: the facts showing the order, cited."
+    )
+    hypotheses: list[RankedHypothesis] = Field(
+        default_factory=list, max_length=20, description="The candidate causes, most plausible first."
+    )
+
+    @model_validator(mode="after")
+    def _failure_order_is_cited(self) -> Hypotheses:
+        if self.first_failing_service and not self.failure_order_evidence:
+            raise ValueError("first_failing_service needs failure_order_evidence citing the calls that show it")
+        return self
+
+
+# --- VERIFY --------------------------------------------------------------------------------
+
+CheckOutcome = Literal["pass", "fail", "unknown"]
+VerificationStatus = Literal["verified", "rejected", "unverified"]
+
+
+class ChecklistItem(_Model):
+    """One check of a hypothesis and what it showed."""
+
+    check: str = Field(
+        min_length=1,
+        description="timing, location, signature, mechanism, substance, still_deployed, or another check the"
+        " hypothesis's falsifiers call for.",
+    )
+    outcome: CheckOutcome = Field(description="unknown when the tools could not settle it.")
+    detail: str = Field(min_length=1, description="What was compared and what it showed.")
+    call_ids: list[str] = Field(
+        default_factory=list, description="The call_ids of the results the check read; required for pass and fail."
+    )
+
+
+class VerifiedHypothesis(_Model):
+    """A hypothesis after its checks."""
+
+    kind: Literal["commit", "flag", "config", "operational"]
+    ref: str = Field(min_length=1, description="As the context names it.")
+    service: str = ""
+    checklist: list[ChecklistItem] = Field(min_length=1)
+    status: VerificationStatus = Field(
+        description="verified: the checks show it explains the symptom; rejected: a check rules it out;"
+        " unverified: the checks could not settle it."
+    )
+    reason: str = Field(min_length=1, description="Why this status, naming the deciding checks.")
+
+
+class Verification(_Model):
+    """VERIFY's answer: a checklist per hypothesis, and whether the question is settled."""
+
+    hypotheses: list[VerifiedHypothesis] = Field(default_factory=list)
+    converged: bool = Field(
+        description="True when one verified hypothesis explains the symptom clearly better than every other."
+    )
+    again: bool = Field(
+        description="True when verifying the candidates still waiting could settle what this iteration did"
+        " not; false when converged."
+    )
+    summary: str = Field(min_length=1, description="What the checks showed, in two or three sentences.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Verification:
+        if self.converged and not any(h.status == "verified" for h in self.hypotheses):
+            raise ValueError("converged needs a hypothesis with status verified")
+        if self.converged and self.again:
+            raise ValueError("again must be false when converged")
+        return self
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The structured output: its tool schema and its compatibility with the rule reasoner's findings."""
+"""The structured output: its tool schema and its compatibility with the rule reasoner's findings, and
+the hypothesis and verification agents' answers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pm_worker.llm.schemas import SUBMIT_TOOL, Findings, submit_tool
+from pm_worker.llm.schemas import SUBMIT_TOOL, Findings, Hypotheses, Verification, submit_tool
 from pm_worker.rules.reasoner import Case, RuleReasoner
 
 
@@ -91,3 +92,89 @@ def test_a_commit_culprit_is_the_root_cause_commit() -> None:
 
     assert report["root_cause_commit"] == "abc123"
     assert report["culprit"] == {**culprit, "at": ""}
+
+
+def hypotheses(**overrides: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": "857e069f",
+                "service": "payments",
+                "mechanism": "Six immediate retries on ABORTED pile writers onto the ledger's row lock.",
+                "evidence": [{"claim": "payments logs ledger ABORTED retries", "call_ids": ["c-1"]}],
+                "falsified_by": ["the diff leaves max_attempts and the backoff unchanged"],
+                "plausibility": 0.8,
+            }
+        ]
+    }
+    value.update(overrides)
+    return value
+
+
+def verification(**overrides: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": "857e069f",
+                "checklist": [
+                    {"check": "signature", "outcome": "pass", "detail": "max_attempts 2 -> 6", "call_ids": ["c-9"]}
+                ],
+                "status": "verified",
+                "reason": "The diff raises the retries the errors show.",
+            }
+        ],
+        "converged": True,
+        "again": False,
+        "summary": "857e069f explains the retry storm.",
+    }
+    value.update(overrides)
+    return value
+
+
+def test_every_hypothesis_cites_evidence_and_says_what_would_falsify_it() -> None:
+    assert Hypotheses.model_validate(hypotheses()).hypotheses[0].plausibility == 0.8
+    item = hypotheses()["hypotheses"][0]
+    with pytest.raises(ValidationError, match="evidence"):
+        Hypotheses.model_validate(hypotheses(hypotheses=[{**item, "evidence": []}]))
+    with pytest.raises(ValidationError, match="falsified_by"):
+        Hypotheses.model_validate(hypotheses(hypotheses=[{**item, "falsified_by": []}]))
+    with pytest.raises(ValidationError, match="call_ids"):
+        Hypotheses.model_validate(
+            hypotheses(hypotheses=[{**item, "evidence": [{"claim": "it broke", "call_ids": []}]}])
+        )
+
+
+def test_a_new_failure_order_must_be_cited() -> None:
+    with pytest.raises(ValidationError, match="failure_order_evidence"):
+        Hypotheses.model_validate(hypotheses(first_failing_service="ledger"))
+    cited = [{"claim": "ledger errors start at 09:40", "call_ids": ["c-2"]}]
+    assert (
+        Hypotheses.model_validate(
+            hypotheses(first_failing_service="ledger", failure_order_evidence=cited)
+        ).first_failing_service
+        == "ledger"
+    )
+
+
+def test_a_verification_converges_only_on_a_verified_hypothesis_and_then_asks_for_no_more() -> None:
+    assert Verification.model_validate(verification()).converged
+    (item,) = verification()["hypotheses"]
+    with pytest.raises(ValidationError, match="converged needs a hypothesis with status verified"):
+        Verification.model_validate(verification(hypotheses=[{**item, "status": "unverified"}]))
+    with pytest.raises(ValidationError, match="again must be false"):
+        Verification.model_validate(verification(again=True))
+    with pytest.raises(ValidationError, match="outcome"):
+        Verification.model_validate(
+            verification(hypotheses=[{**item, "checklist": [{**item["checklist"][0], "outcome": "maybe"}]}])
+        )
+
+
+@pytest.mark.parametrize("model", [Hypotheses, Verification])
+def test_the_role_schemas_are_self_contained_submit_tools(model: type[Hypotheses | Verification]) -> None:
+    schema = submit_tool(model).input_schema
+
+    assert "$ref" not in json.dumps(schema)
+    assert "$defs" not in schema
+    assert schema["additionalProperties"] is False

@@ -47,7 +47,24 @@ ROLE_CAPABILITIES = {
     "gather.metrics": ("metrics.query",),
     "gather.traces": ("traces.search",),
     "gather.changes": ("changes.deploys", "changes.commits", "flags.changes"),
-    "verify": ("changes.diff",),
+    # The LLM's HYPOTHESIZE may look up what the gathered state lacks (the rule reasoner's calls none).
+    "hypothesize": (
+        "logs.search",
+        "metrics.query",
+        "traces.search",
+        "changes.deploys",
+        "changes.commits",
+        "flags.changes",
+    ),
+    # The rule reasoner's verify reads diffs; the LLM's may also check them against the telemetry.
+    "verify": (
+        "changes.diff",
+        "changes.deploys",
+        "changes.commits",
+        "logs.search",
+        "metrics.query",
+        "traces.search",
+    ),
     # The LLM's RECOMMEND may confirm what the state lacks (the rule reasoner's calls none).
     "recommend": (
         "logs.search",

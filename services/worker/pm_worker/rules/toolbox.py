@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_errors import Unavailable
@@ -119,49 +122,92 @@ class RegistryToolBox:
         return await self.call_tool(route, arguments, capability)
 
     async def call_tool(self, route: Route, arguments: Mapping[str, Any], capability: str = "") -> Answer:
-        """Call one tool by server and name (the LLM reasoner's tools are named, not routed)."""
+        """Call one tool by server and name (the LLM reasoner's tools are named, not routed), as a
+        `tool.call` span whose gRPC client span carries the trace on to the registry. The
+        arguments never go into the span: they may hold anything."""
         args = struct_pb2.Struct()
         args.update({k: v for k, v in arguments.items() if v is not None})
         self.calls += 1
-        try:
-            reply = await self._stub.CallTool(
-                registry_pb2.CallToolRequest(
-                    server=route.server,
-                    tool=route.tool,
-                    arguments=args,
-                    investigation_id=self._investigation,
-                    step_id=self._step,
-                    agent_role=self._role,
-                    agent_name=self._agent,
-                    phase=self._phase,
-                ),
-                timeout=self._timeout,
+        with _tracer().start_as_current_span(
+            "tool.call",
+            attributes={
+                "pm.tool.server": route.server,
+                "pm.tool.name": route.tool,
+                "pm.tool.capability": capability,
+                "pm.investigation_id": self._investigation,
+                "pm.agent": self._role,
+            },
+        ) as span:
+            try:
+                reply = await self._stub.CallTool(
+                    registry_pb2.CallToolRequest(
+                        server=route.server,
+                        tool=route.tool,
+                        arguments=args,
+                        investigation_id=self._investigation,
+                        step_id=self._step,
+                        agent_role=self._role,
+                        agent_name=self._agent,
+                        phase=self._phase,
+                    ),
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                call_id = self._note_call_id(exc)
+                status = _REFUSAL_STATUS.get(exc.code(), exc.code().name.lower())
+                _outcome(span, status, call_id)
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    # The investigation ended (cancelled): the step stops here.
+                    raise InvestigationEnded(exc.details() or "the investigation has ended") from None
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    # The server is down or its circuit is open: the step fails and is retried.
+                    raise Unavailable(f"{capability} via {route.server}/{route.tool}: {exc.details()}") from None
+                return Answer("", capability, route.tool, error=f"{exc.code().name}: {exc.details()}")
+            _outcome(
+                span, registry_pb2.CallOutcome.Name(reply.outcome).removeprefix("CALL_OUTCOME_").lower(), reply.call_id
             )
-        except grpc.aio.AioRpcError as exc:
-            self._note_call_id(exc)
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                # The investigation ended (cancelled): the step stops here.
-                raise InvestigationEnded(exc.details() or "the investigation has ended") from None
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                # The server is down or its circuit is open: the step fails and is retried.
-                raise Unavailable(f"{capability} via {route.server}/{route.tool}: {exc.details()}") from None
-            return Answer("", capability, route.tool, error=f"{exc.code().name}: {exc.details()}")
         if reply.call_id:
             self.call_ids.append(reply.call_id)
         if reply.outcome != registry_pb2.CALL_OUTCOME_OK:
             return Answer(reply.call_id, capability, route.tool, error=reply.error_message or "tool error")
         return Answer(reply.call_id, capability, route.tool, data=_payload(reply), truncated=reply.truncated)
 
-    def _note_call_id(self, exc: grpc.aio.AioRpcError) -> None:
-        """Refusals recorded by the registry (denied, unavailable) carry their call id in the body."""
+    def _note_call_id(self, exc: grpc.aio.AioRpcError) -> str:
+        """Refusals recorded by the registry (denied, unavailable) carry their call id in the body;
+        returns it ("" when there is none)."""
         body = dict(exc.trailing_metadata() or ()).get(HTTP_BODY_KEY)
         if isinstance(body, str):
             try:
                 call_id = json.loads(body).get("call_id")
             except (ValueError, AttributeError):
-                return
+                return ""
             if call_id:
                 self.call_ids.append(str(call_id))
+                return str(call_id)
+        return ""
+
+
+# The tool-call status of a registry refusal (span attribute pm.tool.status).
+_REFUSAL_STATUS = {
+    grpc.StatusCode.PERMISSION_DENIED: "denied",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+    grpc.StatusCode.FAILED_PRECONDITION: "investigation_ended",
+}
+
+
+def _outcome(span: Span, status: str, call_id: str) -> None:
+    """Record how a tool call went on its span."""
+    span.set_attribute("pm.tool.status", status)
+    if call_id:
+        span.set_attribute("pm.tool.call_id", call_id)
+    if status != "ok":
+        span.set_status(StatusCode.ERROR, status)
+
+
+@functools.cache
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer(__name__)
 
 
 def _payload(reply: Any) -> dict[str, Any]:

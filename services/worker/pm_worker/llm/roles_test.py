@@ -1,0 +1,462 @@
+"""The LLM's HYPOTHESIZE and VERIFY on the project's scenario: the rule reasoner's real states (its
+tools answered in-process from the scenario, as in rules/reasoner_test.py), the real `anthropic`
+SDK and our loop against a local Messages API server with scripted replies, and the conversion of
+the models' answers back into the state the next step and the report read."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pm_sandbox.data import Incident, QueryError, load_incident
+from pm_sandbox.server import TOOL_CAPABILITIES
+from pm_settings import SettingsError, load_settings
+from pm_testing.fake_llm import FakeLLM, Reply, message, overloaded, running_fake_llm, tool_use
+from pm_worker.llm import verify
+from pm_worker.llm.anthropic_api import AnthropicProvider
+from pm_worker.llm.case_view import NOTES_KEY
+from pm_worker.llm.citations import review_verification
+from pm_worker.llm.loop import AgentLoop, LoopSettings
+from pm_worker.llm.protocol import ProviderUnavailable, ToolResult, ToolSpec
+from pm_worker.llm.roles import Assignment, LLMSetup, run_llm_role
+from pm_worker.llm.schemas import Verification
+from pm_worker.rules.reasoner import Candidate, Case, Check
+from pm_worker.rules.signals import parse_time
+from pm_worker.rules.steps import ROLE_CAPABILITIES, dump_case, load_case, run_role
+from pm_worker.rules.toolbox import Answer
+from pm_worker.settings import WorkerSettings
+
+SCENARIO = Path(__file__).resolve().parents[3] / "sandbox" / "scenarios" / "payments-retry-storm"
+TRUTH = json.loads((SCENARIO / "ground_truth.json").read_text())
+CULPRIT = TRUTH["root_cause_commit"]
+GATEWAY = "b6a52c92478ec13f52d87cfd9b03ff3e596200a5"  # the decoy deployed on the alerted service
+NEVER_DEPLOYED = "1c53e75a"  # the pgx bump on ledger that never shipped
+MODEL = "claude-sonnet-5-5"
+TOOL_BY_CAPABILITY = {capability: tool for tool, capability in TOOL_CAPABILITIES.items()}
+
+
+class ScenarioTools:
+    """The scenario's tools, answered by the sandbox's own queries, numbering calls call-1, ...:
+    by capability for the rule reasoner, by name (only the role's) for a model."""
+
+    def __init__(self, incident: Incident) -> None:
+        self._incident = incident
+        self._ids = itertools.count(1)
+        self.role = ""
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer:
+        tool = TOOL_BY_CAPABILITY[capability]
+        call_id = f"call-{next(self._ids)}"
+        self.calls.append((call_id, tool, dict(arguments)))
+        try:
+            return Answer(call_id, capability, tool, getattr(self._incident, tool)(**dict(arguments)))
+        except QueryError as exc:
+            return Answer(call_id, capability, tool, error=str(exc))
+
+    def for_role(self, role: str) -> RoleTools:
+        return RoleTools(self, role)
+
+
+class RoleTools:
+    """What a model of `role` may call (the role's capabilities, as the registry allows them)."""
+
+    def __init__(self, scenario: ScenarioTools, role: str) -> None:
+        self._scenario = scenario
+        self._allowed = {t: c for t, c in TOOL_CAPABILITIES.items() if c in ROLE_CAPABILITIES[role]}
+
+    async def specs(self) -> list[ToolSpec]:
+        return [ToolSpec(t, f"{t} ({c})", {"type": "object", "properties": {}}) for t, c in self._allowed.items()]
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+        answer = await self._scenario.call(self._allowed[name], arguments)
+        return ToolResult(answer.call_id, json.dumps(answer.data) if answer.ok else answer.error, not answer.ok)
+
+
+def context_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON the investigation context (the first user message) carries."""
+    text = body["messages"][0]["content"][0]["text"]
+    return dict(json.loads(text.split("\n\n", 1)[1]))
+
+
+def candidate(context: Mapping[str, Any], section: str, ref: str) -> dict[str, Any]:
+    return next(c for c in context[section] if c["ref"] == ref)
+
+
+@pytest.fixture()
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with running_fake_llm() as fake:
+        yield fake
+
+
+@pytest.fixture()
+async def loop(llm: FakeLLM) -> AsyncIterator[AgentLoop]:
+    async with AnthropicProvider(api_key="test-key", base_url=llm.anthropic_base_url, max_retries=2) as provider:
+        yield AgentLoop(provider, settings=LoopSettings(max_turns=4, max_tokens=8192))
+
+
+@pytest.fixture()
+async def gathered() -> tuple[ScenarioTools, list[dict[str, Any]]]:
+    tools = ScenarioTools(load_incident(SCENARIO))
+    triage, _ = await run_role(tools, "triage", [])
+    states = [
+        (await run_role(tools, f"gather.{part}", [triage]))[0] for part in ("logs", "metrics", "traces", "changes")
+    ]
+    return tools, states
+
+
+def _hypotheses(body: dict[str, Any]) -> Reply:
+    context = context_of(body)
+    culprit = candidate(context, "candidates", CULPRIT)
+    assert culprit["rule_proposed"] is True
+    errors = context["error_log_call_ids"]
+    deploys = context["other_changes"]["deploy_call_ids"]
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": CULPRIT[:12],
+                "service": "payments",
+                "mechanism": "Retries without backoff on ABORTED pile writers onto ledger's row lock.",
+                "evidence": [
+                    {"claim": "payments shipped the retry change before the onset", "call_ids": culprit["call_ids"]},
+                    {"claim": "payments logs ledger retries and pool exhaustion", "call_ids": errors[:1]},
+                ],
+                "falsified_by": ["the diff keeps two attempts with exponential backoff"],
+                "plausibility": 0.7,
+            },
+            {
+                "kind": "commit",
+                "ref": GATEWAY[:10],
+                "service": "api-gateway",
+                "mechanism": "A rewritten error map turns upstream errors into 5xx.",
+                "evidence": [{"claim": "api-gateway deployed just before the alert", "call_ids": deploys}],
+                "falsified_by": ["the map has the same entries as the old switch"],
+                "plausibility": 0.3,
+            },
+            {
+                "kind": "commit",
+                "ref": NEVER_DEPLOYED,
+                "service": "ledger",
+                "mechanism": "A driver bump changes lock timeouts.",
+                "evidence": [{"claim": "ledger bumped pgx", "call_ids": context["other_changes"]["commit_call_ids"]}],
+                "falsified_by": ["it was never deployed"],
+                "plausibility": 0.1,
+            },
+            {
+                "kind": "flag",
+                "ref": "checkout_express_pay",
+                "mechanism": "A new button floods PlaceOrder.",
+                "evidence": [{"claim": "the flag turned on at 09:45:30", "call_ids": ["call-that-never-was"]}],
+                "falsified_by": ["checkout request_rate stays flat"],
+                "plausibility": 0.2,
+            },
+        ]
+    }
+    return message(tool_use("submit", answer), input_tokens=4000, output_tokens=700)
+
+
+async def _hypothesized(
+    llm: FakeLLM, loop: AgentLoop, tools: ScenarioTools, gathered: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    state, output = await run_role(tools, "hypothesize", gathered, per_iteration=2)
+    llm.anthropic(_hypotheses)
+    agent = Assignment("hypothesize", "balanced", MODEL, loop)
+    step = await run_llm_role(agent, tools.for_role("hypothesize"), gathered, state, output, per_iteration=2)
+    return step.state, step.output
+
+
+async def test_the_models_ranking_replaces_the_rule_proposal_and_uncited_hypotheses_are_dropped(
+    llm: FakeLLM, loop: AgentLoop, gathered: tuple[ScenarioTools, list[dict[str, Any]]]
+) -> None:
+    tools, states = gathered
+
+    state, output = await _hypothesized(llm, loop, tools, states)
+
+    case = load_case(state)
+    proposed = [c.ref for c in case.candidates if c.proposed_in == case.iteration]
+    # The model's top two are verified next; the gateway change (deployed, but not a rule candidate)
+    # was added from the gathered changes; the rule reasoner's own proposal went back to waiting.
+    assert proposed == [CULPRIT, GATEWAY]
+    assert output["proposed"] == [
+        {"kind": c.kind, "ref": c.ref, "service": c.service, "title": c.title}
+        for c in case.candidates
+        if c.ref in proposed
+    ]
+    assert len(output["rule_proposed"]) == 2
+    assert CULPRIT in output["rule_proposed"]
+    # The flag hypothesis cited only a call that never happened: removed and counted.
+    assert output["rejected_claims"] == 1
+    assert [h["ref"] for h in output["hypotheses"]] == [CULPRIT[:12], GATEWAY[:10], NEVER_DEPLOYED]
+    assert any("dropped for want of cited evidence: flag checkout_express_pay" in p for p in case.problems)
+    # A change the deploys never shipped cannot be verified, and the problems say so.
+    assert any(NEVER_DEPLOYED in p and "not verified" in p for p in case.problems)
+    assert (output["reasoner"], output["model"], output["tier"], output["prompt_version"]) == (
+        "llm",
+        MODEL,
+        "balanced",
+        2,
+    )
+    # The mechanism and falsifiers ride along for VERIFY.
+    ranked = state[NOTES_KEY]["hypotheses"]["ranked"]
+    assert ranked[0]["falsified_by"] == ["the diff keeps two attempts with exponential backoff"]
+    assert (ranked[0]["candidate"], ranked[0]["proposed"]) == (CULPRIT, True)
+    # The request: the hypothesis prompt, the role's tools (no diffs) plus submit, cached prefix.
+    (body,) = llm.bodies()
+    assert body["model"] == MODEL
+    assert body["system"][0]["text"].startswith("You are the hypothesis agent")
+    names = [t["name"] for t in body["tools"]]
+    assert sorted(names) == sorted(
+        ["search_logs", "query_metrics", "search_traces", "list_deploys", "list_commits", "flag_changes", "submit"]
+    )
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "hypotheses" in body["tools"][-1]["input_schema"]["properties"]
+
+
+def _verification(*, gateway_status: str, culprit_status: str) -> Any:
+    def reply(body: dict[str, Any]) -> Reply:
+        context = context_of(body)
+        culprit = candidate(context, "to_verify", CULPRIT)
+        gateway = candidate(context, "to_verify", GATEWAY)
+        assert culprit["hypothesis"]["falsified_by"] == ["the diff keeps two attempts with exponential backoff"]
+        assert any("MaxAttempts" in line or "max_attempts" in line for line in culprit["added_lines"])
+        deploys = context["changes"]["deploy_call_ids"]
+
+        def checklist(diff: str, outcome: str) -> list[dict[str, Any]]:
+            items = [
+                {"check": name, "outcome": outcome, "detail": f"{name} as the diff shows", "call_ids": [diff]}
+                for name in ("signature", "mechanism", "substance", "location", "timing")
+            ]
+            return [
+                *items,
+                {"check": "still_deployed", "outcome": "pass", "detail": "no rollback", "call_ids": deploys},
+            ]
+
+        answer = {
+            "hypotheses": [
+                {
+                    "kind": "commit",
+                    "ref": GATEWAY[:10],
+                    "checklist": checklist(gateway["diff_call_id"], "pass" if gateway_status == "verified" else "fail"),
+                    "status": gateway_status,
+                    "reason": "scripted",
+                },
+                {
+                    "kind": "commit",
+                    "ref": CULPRIT[:10],
+                    "checklist": [
+                        *checklist(culprit["diff_call_id"], "pass" if culprit_status == "verified" else "fail"),
+                        {"check": "trace_gap", "outcome": "pass", "detail": "an invented reading", "call_ids": []},
+                        {"check": "lock_waits", "outcome": "unknown", "detail": "not measured", "call_ids": []},
+                    ],
+                    "status": culprit_status,
+                    "reason": "scripted",
+                },
+            ],
+            "converged": True,
+            "again": False,
+            "summary": "scripted",
+        }
+        return message(tool_use("submit", answer), input_tokens=6000, output_tokens=900)
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("gateway_status", "culprit_status", "verdict", "culprit"),
+    [("rejected", "verified", "ROOT_CAUSE", CULPRIT), ("verified", "rejected", "ROOT_CAUSE", GATEWAY)],
+)
+async def test_the_verification_checklist_becomes_the_checks_and_a_rule_conclusion_follows_it(
+    llm: FakeLLM,
+    loop: AgentLoop,
+    gathered: tuple[ScenarioTools, list[dict[str, Any]]],
+    gateway_status: str,
+    culprit_status: str,
+    verdict: str,
+    culprit: str,
+) -> None:
+    tools, states = gathered
+    hypothesized, _ = await _hypothesized(llm, loop, tools, states)
+    state, output = await run_role(tools, "verify", [hypothesized], per_iteration=2)
+    llm.anthropic(_verification(gateway_status=gateway_status, culprit_status=culprit_status))
+    agent = Assignment("verify", "balanced", MODEL, loop)
+
+    step = await run_llm_role(agent, tools.for_role("verify"), [hypothesized], state, output, per_iteration=2)
+
+    assert (step.output["converged"], step.output["again"]) == (True, False)
+    # The pass citing nothing was removed and counted; the unknown without citations stays.
+    assert step.output["rejected_claims"] == 1
+    case = load_case(step.state)
+    checked = next(c for c in case.candidates if c.ref == CULPRIT)
+    names = [k.name for k in checked.checks]
+    assert "trace_gap" not in names
+    assert ("lock_waits", False) in [(k.name, k.passed) for k in checked.checks]
+    assert next(k for k in checked.checks if k.name == "lock_waits").detail == "unknown: not measured"
+    assert step.output["ranking"][0]["ref"] == culprit
+    assert {v["ref"]: v["status"] for v in step.output["verification"]} == {
+        GATEWAY: gateway_status,
+        CULPRIT: culprit_status,
+    }
+    # The role's tools: diffs and the telemetry, plus submit.
+    body = llm.bodies()[-1]
+    assert body["system"][0]["text"].startswith("You are the verification agent")
+    assert {t["name"] for t in body["tools"]} == {
+        "get_commit",
+        "list_deploys",
+        "list_commits",
+        "search_logs",
+        "query_metrics",
+        "search_traces",
+        "submit",
+    }
+    # A rule-run RECOMMEND on this state concludes what the verification supports.
+    _, findings = await run_role(tools, "recommend", [step.state])
+    assert (findings["verdict"], findings["culprit"]["ref"]) == (verdict, culprit)
+    assert any("claim(s) of the model's verify step" in p for p in findings["problems"])
+
+
+async def test_a_provider_outage_fails_the_step_instead_of_falling_back_to_rules(
+    llm: FakeLLM, loop: AgentLoop, gathered: tuple[ScenarioTools, list[dict[str, Any]]]
+) -> None:
+    tools, states = gathered
+    state, output = await run_role(tools, "hypothesize", states)
+    llm.anthropic(overloaded(), overloaded(), overloaded())  # the first try and the SDK's two retries
+
+    with pytest.raises(ProviderUnavailable, match="529"):
+        await run_llm_role(
+            Assignment("hypothesize", "balanced", MODEL, loop),
+            tools.for_role("hypothesize"),
+            states,
+            state,
+            output,
+            per_iteration=4,
+        )
+    assert llm.unanswered() == 0
+
+
+async def test_with_nothing_proposed_verify_asks_no_model(llm: FakeLLM, loop: AgentLoop) -> None:
+    tools = ScenarioTools(load_incident(SCENARIO))
+    state, output = await run_role(tools, "verify", [dump_case(Case(iteration=1))])
+
+    step = await run_llm_role(
+        Assignment("verify", "balanced", MODEL, loop), tools.for_role("verify"), [], state, output, per_iteration=4
+    )
+
+    assert step.result is None
+    assert step.output["llm_skipped"] == "nothing was proposed for verification"
+    assert llm.bodies() == []
+
+
+def _candidate(ref: str, score: float) -> Candidate:
+    return Candidate(
+        kind="commit",
+        ref=ref,
+        service="payments",
+        at=parse_time("2026-03-17T09:38:20Z"),
+        title=ref,
+        checks=[Check("timing", True, "before the onset", ["call-1"]), Check("signature", False, "nothing", [])],
+        score=score,
+        proposed_in=1,
+    )
+
+
+def test_a_candidate_verified_again_starts_from_the_rule_checks_not_from_the_earlier_model() -> None:
+    case = Case(iteration=2, candidates=[_candidate("a" * 40, 4.0), _candidate("b" * 40, 5.0)])
+    earlier = {
+        "status": "verified",
+        "checklist": [{"check": "signature", "outcome": "pass", "detail": "named", "call_ids": ["call-2"]}],
+    }
+    notes = {"verification": {f"commit:{'a' * 40}": earlier}}
+
+    baseline = verify.restore(case, notes)
+
+    first = case.candidates[0]
+    assert (first.ref, first.score) == ("a" * 40, 14.0)
+    assert [(k.name, k.passed) for k in first.checks] == [("signature", True), ("timing", True)]
+
+    again = Verification.model_validate(
+        {
+            "hypotheses": [
+                {
+                    "kind": "commit",
+                    "ref": "a" * 12,
+                    "checklist": [{"check": "timing", "outcome": "fail", "detail": "days", "call_ids": ["call-1"]}],
+                    "status": "rejected",
+                    "reason": "too early",
+                }
+            ],
+            "converged": False,
+            "again": False,
+            "summary": "no",
+        }
+    )
+    verify.apply(case, review_verification(again, {"call-1", "call-2"}), baseline)
+
+    rejected = next(c for c in case.candidates if c.ref == "a" * 40)
+    assert rejected.score == -6.0  # the rule score 4 moved once, by the new status
+    assert [(k.name, k.passed) for k in rejected.checks] == [("timing", False), ("signature", False)]
+    assert case.candidates[0].ref == "b" * 40
+
+
+def test_each_mode_gives_the_llm_its_roles_on_its_tier_within_each_roles_limits() -> None:
+    base = AgentLoop(provider=None, settings=LoopSettings(max_turns=12, max_tokens=4096))  # type: ignore[arg-type]
+    settings = load_settings(WorkerSettings, {"REDIS_URL": "r", "S3_BUCKET": "b", "REGISTRY_ADDR": "a"})
+    setup = LLMSetup(
+        base,
+        {"fast": "cheap-model", "balanced": "mid-model", "deep": "big-model"},
+        mode_roles=settings.llm_mode_roles,
+        limits=settings.llm_role_limits,
+    )
+
+    plan = {
+        mode: {
+            role: (a.model, a.loop.settings.max_turns, a.loop.settings.max_tokens)
+            for role in ("triage", "gather.logs", "hypothesize", "verify", "recommend")
+            if (a := setup.assignment(mode, role)) is not None
+        }
+        for mode in ("fast", "balanced", "deep", "")
+    }
+
+    assert plan["fast"] == {"recommend": ("cheap-model", 12, 4096)}
+    assert plan["balanced"] == {
+        "hypothesize": ("mid-model", 8, 8192),
+        "verify": ("mid-model", 16, 8192),
+        "recommend": ("mid-model", 12, 4096),
+    }
+    assert {role: model for role, (model, _, _) in plan["deep"].items()} == dict.fromkeys(
+        ("hypothesize", "verify", "recommend"), "big-model"
+    )
+    assert plan[""] == plan["balanced"]  # a task without a mode runs as balanced
+
+
+def test_the_mode_table_and_role_limits_are_read_from_json_and_checked() -> None:
+    required = {"REDIS_URL": "r", "S3_BUCKET": "b", "REGISTRY_ADDR": "a"}
+    settings = load_settings(
+        WorkerSettings,
+        {
+            **required,
+            "LLM_MODE_ROLES": '{"deep": {"hypothesize": "balanced", "verify": "deep"}}',
+            "LLM_ROLE_LIMITS": '{"recommend": {"max_turns": 6}}',
+        },
+    )
+    # Modes not given keep their defaults.
+    assert settings.llm_mode_roles["fast"] == {"recommend": "fast"}
+    assert settings.llm_mode_roles["deep"] == {"hypothesize": "balanced", "verify": "deep"}
+    assert settings.llm_role_limits == {"recommend": {"max_turns": 6}}
+    for bad, named in (
+        ('{"turbo": {}}', "unknown mode 'turbo'"),
+        ('{"fast": {"triage": "fast"}}', "cannot run role 'triage'"),
+        ('{"fast": {"recommend": "huge"}}', "unknown tier 'huge'"),
+        ("[1]", "expected a JSON object"),
+        ("{", "not JSON"),
+    ):
+        with pytest.raises(SettingsError, match=f"LLM_MODE_ROLES.*{named}"):
+            load_settings(WorkerSettings, {**required, "LLM_MODE_ROLES": bad})
+    with pytest.raises(SettingsError, match="LLM_ROLE_LIMITS.*max_turns must be a whole number from 1 to 100"):
+        load_settings(WorkerSettings, {**required, "LLM_ROLE_LIMITS": '{"verify": {"max_turns": 0}}'})
