@@ -719,3 +719,59 @@ async def test_results_are_published_once_per_target_through_the_registry_write_
         await _until_delivered(stack, ticket, 2)
         assert lines() == calls
         assert await stack.db.fetchval("SELECT count(*) FROM mcp_tool_calls WHERE agent_role = 'delivery'") == 3
+
+
+async def test_hypothesize_and_recommend_get_the_active_knowledge_of_the_investigations_services(
+    stack: Stack,
+) -> None:
+    await stack.db.execute(
+        "INSERT INTO domain_configs (id, name, services, settings) VALUES ($1, 'shop', $2, $3::jsonb)",
+        uuid.uuid4(),
+        ["api-gateway"],
+        json.dumps({"primary_services": [{"name": "payments"}]}),
+    )
+    seeded = {}
+    for service, confidence, title in [
+        ("shop", "active", "Retry storms exhaust the payments pool"),
+        ("payments", "active", "Payments pool size is 20"),
+        ("api-gateway", "provisional", "Gateway timeouts are noise"),
+        ("payments", "archived", "Old payments note"),
+        ("search", "active", "Search has its own incidents"),
+    ]:
+        entry_id = uuid.uuid4()
+        await stack.db.execute(
+            "INSERT INTO knowledge_entries (id, service, category, title, content, confidence, source, archived_at)"
+            " VALUES ($1, $2, 'known_issue', $3, $4::jsonb, $5, 'human', CASE WHEN $5 = 'archived' THEN now() END)",
+            entry_id,
+            service,
+            title,
+            json.dumps({"corrected_root_cause": f"{title}."}),
+            confidence,
+        )
+        seeded[title] = str(entry_id)
+    investigation_id = await _submit(stack, "SHOP-31")
+    await stack.db.execute("UPDATE investigations SET domain = 'shop' WHERE id = $1::uuid", investigation_id)
+    row = await _until_done(stack, investigation_id)
+    assert row["status"] == "completed", row["error"]
+    steps = await stack.db.fetch(
+        "SELECT phase, input, output FROM investigation_steps WHERE investigation_id = $1::uuid"
+        " AND status = 'succeeded' ORDER BY created_at",
+        investigation_id,
+    )
+    expected = {seeded["Retry storms exhaust the payments pool"], seeded["Payments pool size is 20"]}
+    for step in steps:
+        given, recorded = _json(step["input"]).get("knowledge"), _json(step["output"]).get("knowledge")
+        if step["phase"] not in ("hypothesize", "recommend"):
+            assert given is None, step["phase"]
+            continue
+        assert given is not None
+        assert recorded is not None
+        assert given["services"] == ["shop", "api-gateway", "payments"]
+        assert {e["id"] for e in given["entries"]} == expected, step["phase"]
+        assert {e["id"] for e in recorded["entries"]} == expected
+        says = {e["says"] for e in recorded["entries"]}
+        assert "Payments pool size is 20." in says
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return dict(json.loads(value) if isinstance(value, str) else value or {})

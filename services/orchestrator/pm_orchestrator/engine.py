@@ -43,6 +43,7 @@ from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
 from pm_errors import Conflict, NotFound
 from pm_orchestrator.delivery import Publishing, record_deliveries
+from pm_orchestrator.knowledge import known_issues
 from pm_orchestrator.metrics import EngineMetrics
 from pm_orchestrator.report import render_html, render_markdown
 from pm_orchestrator.rows import json_object
@@ -411,6 +412,9 @@ class Engine:
         if phase == "hypothesize" and self._recall is not None:
             # Past incidents like this one, or why none is given (pm_orchestrator.similar).
             inputs["similar_incidents"] = await self._recall(conn, investigation)
+        if phase in ("hypothesize", "recommend"):
+            # Active knowledge entries of the investigation's services (pm_orchestrator.knowledge).
+            inputs["knowledge"] = await known_issues(conn, investigation)
         await conn.execute(
             "INSERT INTO investigation_steps (id, investigation_id, phase, agent_role, iteration, attempt, status,"
             " task_id, reasoner, input, dispatched_at) VALUES ($1, $2, $3, $4, $5, $6, 'dispatched', $7, 'rule', $8,"

@@ -6,12 +6,17 @@ from an approved recommendation). Verifying an entry records that a person confi
 refreshes last_verified_at and makes a provisional entry active. Archiving is final; archived
 entries are neither verified nor exported. The scheduler's lifecycle job archives stale
 provisional entries and downgrades active ones nobody verified for a long time.
+
+`known_issues` is what the agents get of it: the active entries of an investigation's services
+go to its HYPOTHESIZE and RECOMMEND steps as context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from google.protobuf import struct_pb2
 
 from pm.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
@@ -142,3 +147,46 @@ class KnowledgeServicer(ApiBase, knowledge_pb2_grpc.KnowledgeServiceServicer):
                 {"confidence_before": before["confidence"]},
             )  # fmt: skip
         return entry_to_proto(row)
+
+
+# Known issues a HYPOTHESIZE or RECOMMEND step gets at most.
+CONTEXT_LIMIT = 10
+
+
+async def known_issues(conn: asyncpg.Connection, investigation: Mapping[str, Any]) -> dict[str, Any]:
+    """The active knowledge entries of the investigation's services: its domain's name, the
+    domain config's services and primary services. {services, entries: [...]} (newest verified
+    first), or no entries and the reason when the investigation has no domain."""
+    domain = investigation["domain"]
+    if not domain:
+        return {"services": [], "entries": [], "reason": "the investigation has no domain"}
+    config = await conn.fetchrow("SELECT services, settings FROM domain_configs WHERE name = $1", domain)
+    services = [domain]
+    if config is not None:
+        primary = (config["settings"] or {}).get("primary_services") or []
+        named = [*config["services"], *(p.get("name") for p in primary if isinstance(p, dict))]
+        services += [s for s in named if isinstance(s, str) and s and s not in services]
+    rows = await conn.fetch(
+        "SELECT id, service, category, title, content, last_verified_at FROM knowledge_entries"
+        " WHERE confidence = 'active' AND service = ANY($1::text[])"
+        " ORDER BY last_verified_at DESC, id LIMIT $2",
+        services,
+        CONTEXT_LIMIT,
+    )
+    entries = [
+        {
+            "id": str(r["id"]),
+            "service": r["service"],
+            "category": r["category"],
+            "title": r["title"],
+            # What the entry says: a corrected root cause, or an applied recommendation's change.
+            "says": str(
+                (r["content"] or {}).get("corrected_root_cause")
+                or (r["content"] or {}).get("proposed_value")
+                or r["title"]
+            )[:1000],
+            "last_verified_at": r["last_verified_at"].isoformat(),
+        }
+        for r in rows
+    ]
+    return {"services": services, "entries": entries}

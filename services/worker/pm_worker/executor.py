@@ -44,7 +44,7 @@ from pm_worker.llm.roles import LLMSetup, run_llm_role
 from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION
 from pm_worker.rules.steps import StepInputError, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
-from pm_worker.similar import hypothesis_context
+from pm_worker.similar import hypothesis_context, knowledge_context
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ class StepExecutor:
             if "similar_incidents" in inputs:
                 # What HYPOTHESIZE was given of similar past incidents, or why it abstained.
                 output = {**output, "similar_incidents": hypothesis_context(inputs["similar_incidents"])}
+            if "knowledge" in inputs:
+                # The active knowledge entries of the investigation's services it was given.
+                output = {**output, "knowledge": knowledge_context(inputs["knowledge"])}
             state, output, llm_trace = await self._reason(task, inputs, tools, states, state, output, result)
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)

@@ -1,5 +1,6 @@
 """Similar past incidents given to a HYPOTHESIZE step (the orchestrator's `similar_incidents`
-input): what the step records of them in its output.
+input), and known issues given to HYPOTHESIZE and RECOMMEND (its `knowledge` input): what the
+step records of them in its output.
 
 The orchestrator passes the closest conclusive past incidents whose similarity reached
 SIMILARITY_MIN_SCORE, or none and the reason it abstained. The step's output says which it
@@ -37,4 +38,20 @@ def hypothesis_context(given: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"used": used, "abstained": abstained, "reason": reason or ("" if used else "none given")}
     if isinstance(given.get("min_score"), int | float):
         record["min_score"] = float(given["min_score"])
+    return record
+
+
+def knowledge_context(given: Any) -> dict[str, Any]:
+    """The step's record of its `knowledge` input (the active knowledge entries of the
+    investigation's services): {entries: [{id, service, category, title, says}], services, reason}."""
+    if not isinstance(given, Mapping):
+        return {"entries": [], "services": [], "reason": "the knowledge input was not an object"}
+    entries = [
+        {k: str(entry.get(k, ""))[:SUMMARY_CHARS] for k in ("id", "service", "category", "title", "says")}
+        for entry in given.get("entries") or []
+        if isinstance(entry, Mapping) and entry.get("id")
+    ]
+    record: dict[str, Any] = {"entries": entries, "services": [str(s) for s in given.get("services") or []]}
+    if not entries:
+        record["reason"] = str(given.get("reason") or "no active knowledge entry for these services")
     return record

@@ -30,9 +30,16 @@ from pm_worker.llm.citations import HypothesesReview
 from pm_worker.rules.reasoner import Candidate, Case, Evidence
 
 
-def context(case: Case, notes: Mapping[str, Any], per_iteration: int, similar: Sequence[Mapping[str, Any]] = ()) -> str:
+def context(
+    case: Case,
+    notes: Mapping[str, Any],
+    per_iteration: int,
+    similar: Sequence[Mapping[str, Any]] = (),
+    known: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """The investigation as the hypothesis agent reads it (with the similar past incidents the
-    orchestrator found, if any: leads, not evidence of this investigation)."""
+    orchestrator found and the known issues of its services, if any: leads, not evidence of this
+    investigation)."""
     verification = notes.get("verification", {})
     proposed = [c for c in case.candidates if c.proposed_in == case.iteration and not c.verified]
     waiting = [c for c in case.candidates if not c.verified and c.proposed_in != case.iteration]
@@ -55,12 +62,14 @@ def context(case: Case, notes: Mapping[str, Any], per_iteration: int, similar: S
         ],
         "other_changes": other_changes(case),
         **({"similar_past_incidents": list(similar)} if similar else {}),
+        **({"known_issues": list(known)} if known else {}),
     }
     return (
         "The investigation so far, as JSON. `candidates` are the changes the rule reasoner found in the"
         " window, those it would verify next first (`rule_proposed`); `other_changes` are the remaining"
         " deploys, commits and flag changes; `similar_past_incidents`, when present, are earlier incidents"
-        " and their verdicts (a lead, never evidence: they cite no call of this investigation). Rank the"
+        " and their verdicts, and `known_issues`, when present, are what people confirmed about these services"
+        " (both leads, never evidence: they cite no call of this investigation). Rank the"
         " causes yourself; verification comes next.\n\n" + json.dumps(data, indent=1, default=str)
     )
 

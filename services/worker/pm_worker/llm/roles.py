@@ -176,7 +176,11 @@ async def _hypothesize(
     known = case_call_ids(case)
     similar = output.get("similar_incidents")
     past = list(similar.get("used", [])) if isinstance(similar, Mapping) else []
-    result = await _ask(assignment, tools, prompt, hypothesize.context(case, notes, per_iteration, past), Hypotheses)
+    knowledge = output.get("knowledge")
+    issues = list(knowledge.get("entries", [])) if isinstance(knowledge, Mapping) else []
+    result = await _ask(
+        assignment, tools, prompt, hypothesize.context(case, notes, per_iteration, past, issues), Hypotheses
+    )
     review = review_hypotheses(result.output, known | set(result.call_ids))
     applied = hypothesize.apply(case, review, per_iteration)
     _note_problems(case, "hypothesize", review.rejected, review.dropped, applied.unmatched)

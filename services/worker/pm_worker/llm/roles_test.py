@@ -219,6 +219,24 @@ async def test_the_models_ranking_replaces_the_rule_proposal_and_uncited_hypothe
     assert "hypotheses" in body["tools"][-1]["input_schema"]["properties"]
 
 
+async def test_the_hypothesis_agent_reads_the_known_issues_and_past_incidents_it_was_given(
+    llm: FakeLLM, loop: AgentLoop, gathered: tuple[ScenarioTools, list[dict[str, Any]]]
+) -> None:
+    tools, states = gathered
+    state, output = await run_role(tools, "hypothesize", states, per_iteration=2)
+    issue = {"id": "k-1", "service": "payments", "category": "known_issue", "title": "t", "says": "Pool is 20."}
+    past = {"investigation_id": "p-1", "ticket_id": "INC-1", "similarity_score": 0.8, "summary": "retry storm"}
+    output = {**output, "knowledge": {"entries": [issue]}, "similar_incidents": {"used": [past]}}
+    llm.anthropic(_hypotheses)
+    agent = Assignment("hypothesize", "balanced", MODEL, loop)
+    await run_llm_role(agent, tools.for_role("hypothesize"), states, state, output, per_iteration=2)
+    (body,) = llm.bodies()
+    text = json.dumps(body["messages"][0]["content"])
+    assert "known_issues" in text
+    assert "Pool is 20." in text
+    assert "INC-1" in text
+
+
 def _verification(*, gateway_status: str, culprit_status: str) -> Any:
     def reply(body: dict[str, Any]) -> Reply:
         context = context_of(body)
