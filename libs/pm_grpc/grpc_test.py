@@ -42,6 +42,10 @@ async def _fine_probe() -> None:
     return None
 
 
+# The metrics registry of each `served` server, newest last.
+served_registries: list[CollectorRegistry] = []
+
+
 @pytest.fixture()
 async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
     ops = OpsServicer("pm-test", "1.0", {"database": _fine_probe, "redis": _broken_probe})
@@ -53,8 +57,9 @@ async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
             ),
             ServiceRegistration("pm.ops.v1.OpsService", ops_pb2_grpc.add_OpsServiceServicer_to_server, ops),
         ],
-        metrics_registry=CollectorRegistry(),
+        metrics_registry=(registry := CollectorRegistry()),
     )
+    served_registries.append(registry)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield server, channel
@@ -148,3 +153,26 @@ async def test_stop_refuses_new_calls(served: tuple[GrpcServer, grpc.aio.Channel
         async with asyncio.timeout(10):
             await ops_pb2_grpc.OpsServiceStub(channel).GetLiveness(ops_pb2.GetLivenessRequest(), timeout=2)
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_each_call_is_counted_with_the_http_status_a_rest_client_sees(
+    served: tuple[GrpcServer, grpc.aio.Channel],
+) -> None:
+    _, channel = served
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    await stub.Investigate(ingest_pb2.InvestigateRequest(ticket_id="PAY-1"), timeout=5)
+    for ticket in ("DUP-1", "SLOW-1", "BUG-1"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Investigate(ingest_pb2.InvestigateRequest(ticket_id=ticket), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.InvestigateBatch(ingest_pb2.InvestigateBatchRequest(), timeout=5)
+    registry = served_registries[-1]
+
+    def count(method: str, code: str) -> float | None:
+        labels = {"grpc_service": "pm.ingest.v1.IngestService", "grpc_method": method, "code": code}
+        return registry.get_sample_value("pm_http_responses_total", labels)
+
+    # The servicer's own statuses (202, 409, 429), and the code's where it states none.
+    assert [count("Investigate", c) for c in ("202", "409", "429", "500")] == [1.0, 1.0, 1.0, 1.0]
+    assert count("Investigate", "200") is None
+    assert count("InvestigateBatch", "501") == 1.0

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pm_grpc.errors import ErrorMappingInterceptor
-from pm_grpc.http import Context
+from pm_grpc.http import HTTP_STATUS_KEY, Context
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,39 @@ class ServiceRegistration:
         self.add_to_server(self.servicer, server)
 
 
+# The HTTP status Envoy's transcoder gives a REST client for each gRPC code, when the servicer
+# states none itself (x-pm-http-status, pm_grpc.http).
+_HTTP_OF_CODE = {
+    "OK": "200", "CANCELLED": "499", "UNKNOWN": "500", "INVALID_ARGUMENT": "400", "DEADLINE_EXCEEDED": "504",
+    "NOT_FOUND": "404", "ALREADY_EXISTS": "409", "PERMISSION_DENIED": "403", "RESOURCE_EXHAUSTED": "429",
+    "FAILED_PRECONDITION": "400", "ABORTED": "409", "OUT_OF_RANGE": "400", "UNIMPLEMENTED": "501",
+    "INTERNAL": "500", "UNAVAILABLE": "503", "DATA_LOSS": "500", "UNAUTHENTICATED": "401",
+}  # fmt: skip
+
+
+def http_code(grpc_code: str, trailing: Any) -> str:
+    """The HTTP status a REST client of the call saw: the servicer's own, else the code's."""
+    for key, value in trailing or ():
+        if key == HTTP_STATUS_KEY:
+            return str(value)
+    return _HTTP_OF_CODE.get(grpc_code, "500")
+
+
 class _MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """pm_grpc_server_handled_total and pm_grpc_server_handling_seconds per method and code."""
+    """pm_grpc_server_handled_total and pm_grpc_server_handling_seconds per method and code, and
+    pm_http_responses_total: each call's HTTP status as a REST client through Envoy sees it."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._handled = Counter(
             "pm_grpc_server_handled",
             "RPCs completed on the server, by method and status code.",
             ["grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self._http = Counter(
+            "pm_http_responses",
+            "Completed unary RPCs by the HTTP status a REST client sees (Envoy's transcoding).",
+            ["grpc_service", "grpc_method", "code"],
             registry=registry,
         )
         self._seconds = Histogram(
@@ -84,6 +109,7 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
         inner: Any = handler.unary_unary
         seconds = self._seconds.labels(service, method)
         handled: dict[str, Any] = {}
+        responses: dict[str, Any] = {}
 
         async def observed(request: Any, context: Context) -> Any:
             start = time.perf_counter()
@@ -95,6 +121,11 @@ class _MetricsInterceptor(grpc.aio.ServerInterceptor):
                 if counter is None:
                     counter = handled[code] = self._handled.labels(service, method, code)
                 counter.inc()
+                status = http_code(code, context.trailing_metadata())
+                response = responses.get(status)
+                if response is None:
+                    response = responses[status] = self._http.labels(service, method, status)
+                response.inc()
                 seconds.observe(time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
