@@ -63,6 +63,11 @@ def template_values(profile: Profile, descriptor: Path) -> dict[str, str]:
         "INGEST_EXTRA_ENDPOINTS": "\n".join(extra_endpoint(LOOPBACK, profile.port(n)) for n in profile.ingest_replicas),
         "ORCHESTRATOR_HOST": LOOPBACK,
         "ORCHESTRATOR_PORT": str(profile.port("orchestrator")),
+        "ORCHESTRATOR_METRICS_PORT": str(profile.port("orchestrator-metrics")),
+        "WORKER_HOST": LOOPBACK,
+        "WORKER_METRICS_PORT": str(profile.port("worker-metrics")),
+        "REGISTRY_HOST": LOOPBACK,
+        "REGISTRY_METRICS_PORT": str(profile.port("registry-metrics")),
     }
 
 

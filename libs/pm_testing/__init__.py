@@ -9,7 +9,7 @@ Anthropic Messages and OpenAI Chat Completions APIs with scripted replies on loo
 SDK clients run against it. `running_otlp_collector` receives the spans services export over OTLP.
 """
 
-from pm_testing.envoy import build_descriptor_set, render_envoy_config, running_envoy
+from pm_testing.envoy import build_descriptor_set, edge_values, render_envoy_config, running_envoy
 from pm_testing.fake_llm import FakeLLM, running_fake_llm
 from pm_testing.otlp import CollectedSpan, OtlpCollector, running_otlp_collector
 from pm_testing.postgres import PrivatePostgres, private_postgres
@@ -33,6 +33,7 @@ __all__ = [
     "health_status",
     "private_postgres",
     "private_redis",
+    "edge_values",
     "render_envoy_config",
     "running_envoy",
     "running_fake_llm",

@@ -36,6 +36,41 @@ def build_descriptor_set(proto_root: Path, out: Path) -> Path:
     return out
 
 
+# Where the services a test does not run would be: Envoy starts, and their routes answer 503.
+_ABSENT = ("127.0.0.1", 9)
+
+
+def edge_values(
+    *,
+    listen_port: int,
+    admin_port: int,
+    descriptor: Path,
+    ingest: tuple[int, int],
+    orchestrator: tuple[int, int],
+    worker_metrics: int = _ABSENT[1],
+    registry_metrics: int = _ABSENT[1],
+) -> dict[str, object]:
+    """The template's placeholders for services on loopback: `ingest` and `orchestrator` are
+    (gRPC port, metrics port); the worker's and the registry's metrics ports when they run."""
+    return {
+        "LISTEN_ADDRESS": "127.0.0.1",
+        "LISTEN_PORT": listen_port,
+        "ADMIN_PORT": admin_port,
+        "DESCRIPTOR_PATH": descriptor,
+        "INGEST_HOST": "127.0.0.1",
+        "INGEST_PORT": ingest[0],
+        "INGEST_METRICS_PORT": ingest[1],
+        "INGEST_EXTRA_ENDPOINTS": "",
+        "ORCHESTRATOR_HOST": "127.0.0.1",
+        "ORCHESTRATOR_PORT": orchestrator[0],
+        "ORCHESTRATOR_METRICS_PORT": orchestrator[1],
+        "WORKER_HOST": "127.0.0.1",
+        "WORKER_METRICS_PORT": worker_metrics,
+        "REGISTRY_HOST": "127.0.0.1",
+        "REGISTRY_METRICS_PORT": registry_metrics,
+    }
+
+
 def render_envoy_config(template: Path, values: Mapping[str, object]) -> str:
     """Fill the ${NAME} placeholders of deploy/envoy/envoy.yaml.tmpl."""
     return string.Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})

@@ -15,6 +15,7 @@ from pm_ingest.app import SPEC as INGEST
 from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_testing import (
     build_descriptor_set,
+    edge_values,
     free_port,
     fresh_bucket,
     render_envoy_config,
@@ -51,7 +52,7 @@ async def start_edge(
     add or override settings."""
     env = stack_env()
     bucket = stack.enter_context(fresh_bucket(env))
-    ingest_port, orchestrator_port, metrics_port = free_port(), free_port(), free_port()
+    ingest_port, orchestrator_port, metrics_port, orchestrator_metrics = (free_port() for _ in range(4))
     ingest_env = {
         **env.service_environ(database_url=database_url),
         "GRPC_LISTEN": f"127.0.0.1:{ingest_port}",
@@ -61,6 +62,7 @@ async def start_edge(
     orchestrator_env = {
         **env.service_environ(database_url=database_url, bucket=bucket, registry_addr="127.0.0.1:1"),
         "GRPC_LISTEN": f"127.0.0.1:{orchestrator_port}",
+        "METRICS_LISTEN": f"127.0.0.1:{orchestrator_metrics}",
         **(orchestrator_environ or {}),
     }
     channel = await stack.enter_async_context(running_service(INGEST, ingest_env))
@@ -69,18 +71,13 @@ async def start_edge(
     listen_port, admin_port = free_port(), free_port()
     config = render_envoy_config(
         TEMPLATE,
-        {
-            "LISTEN_ADDRESS": "127.0.0.1",
-            "LISTEN_PORT": listen_port,
-            "ADMIN_PORT": admin_port,
-            "DESCRIPTOR_PATH": descriptor,
-            "INGEST_HOST": "127.0.0.1",
-            "INGEST_PORT": ingest_port,
-            "INGEST_METRICS_PORT": metrics_port,
-            "INGEST_EXTRA_ENDPOINTS": "",
-            "ORCHESTRATOR_HOST": "127.0.0.1",
-            "ORCHESTRATOR_PORT": orchestrator_port,
-        },
+        edge_values(
+            listen_port=listen_port,
+            admin_port=admin_port,
+            descriptor=descriptor,
+            ingest=(ingest_port, metrics_port),
+            orchestrator=(orchestrator_port, orchestrator_metrics),
+        ),
     )
     await stack.enter_async_context(running_envoy(env.envoy_bin, config, admin_port, tmp_path))
     base_url = f"http://127.0.0.1:{listen_port}"

@@ -163,6 +163,19 @@ async def test_metrics_are_served_through_envoy(edge: Edge) -> None:
     assert response.status_code == 200
     assert "pm_grpc_server_handled_total" in response.text
     assert 'grpc_method="GetLiveness"' in response.text
+    # Each service's own metrics under /metrics/<service>: the orchestrator's engine families,
+    # ingest's webhook families; a service the edge cannot reach is a JSON 503, not a hang.
+    orchestrator = await edge.client.get("/metrics/orchestrator")
+    assert orchestrator.status_code == 200
+    assert "pm_investigations_started_total" in orchestrator.text
+    assert "pm_webhook_rejections_total" not in orchestrator.text
+    ingest = await edge.client.get("/metrics/ingest")
+    assert "pm_webhook_rejections_total" in ingest.text
+    assert "pm_investigations_started_total" not in ingest.text
+    for absent in ("worker", "registry"):
+        missing = await edge.client.get(f"/metrics/{absent}")
+        assert missing.status_code == 503, absent
+        assert missing.json()["status"] == 503
 
 
 def test_every_public_service_is_transcoded_by_the_template() -> None:

@@ -20,6 +20,7 @@ from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_registry.app import SPEC as REGISTRY
 from pm_testing import (
     build_descriptor_set,
+    edge_values,
     free_port,
     fresh_bucket,
     fresh_database,
@@ -67,18 +68,13 @@ async def base_url(tmp_path: Path) -> AsyncIterator[str]:
         listen_port, admin_port = free_port(), free_port()
         envoy_config = render_envoy_config(
             ROOT / "deploy" / "envoy" / "envoy.yaml.tmpl",
-            {
-                "LISTEN_ADDRESS": "127.0.0.1",
-                "LISTEN_PORT": listen_port,
-                "ADMIN_PORT": admin_port,
-                "DESCRIPTOR_PATH": build_descriptor_set(ROOT / "proto", tmp_path / "pm.pb"),
-                "INGEST_HOST": "127.0.0.1",
-                "INGEST_PORT": ingest_port,
-                "INGEST_METRICS_PORT": metrics_port,
-                "INGEST_EXTRA_ENDPOINTS": "",
-                "ORCHESTRATOR_HOST": "127.0.0.1",
-                "ORCHESTRATOR_PORT": orchestrator_port,
-            },
+            edge_values(
+                listen_port=listen_port,
+                admin_port=admin_port,
+                descriptor=build_descriptor_set(ROOT / "proto", tmp_path / "pm.pb"),
+                ingest=(ingest_port, metrics_port),
+                orchestrator=(orchestrator_port, 9),
+            ),
         )
         await stack.enter_async_context(running_envoy(env.envoy_bin, envoy_config, admin_port, tmp_path))
         yield f"http://127.0.0.1:{listen_port}"

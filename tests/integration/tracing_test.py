@@ -43,6 +43,7 @@ from pm_testing import (
     OtlpCollector,
     ServiceProcess,
     build_descriptor_set,
+    edge_values,
     free_port,
     fresh_bucket,
     fresh_database,
@@ -147,18 +148,13 @@ async def run(tmp_path: Path) -> AsyncIterator[Run]:
                 listen_port, admin_port = free_port(), free_port()
                 envoy_config = render_envoy_config(
                     TEMPLATE,
-                    {
-                        "LISTEN_ADDRESS": "127.0.0.1",
-                        "LISTEN_PORT": listen_port,
-                        "ADMIN_PORT": admin_port,
-                        "DESCRIPTOR_PATH": build_descriptor_set(PROTO_ROOT, tmp_path / "pm.pb"),
-                        "INGEST_HOST": "127.0.0.1",
-                        "INGEST_PORT": ingest_port,
-                        "INGEST_METRICS_PORT": metrics_port,
-                        "INGEST_EXTRA_ENDPOINTS": "",
-                        "ORCHESTRATOR_HOST": "127.0.0.1",
-                        "ORCHESTRATOR_PORT": orchestrator_port,
-                    },
+                    edge_values(
+                        listen_port=listen_port,
+                        admin_port=admin_port,
+                        descriptor=build_descriptor_set(PROTO_ROOT, tmp_path / "pm.pb"),
+                        ingest=(ingest_port, metrics_port),
+                        orchestrator=(orchestrator_port, 9),
+                    ),
                 )
                 async with (
                     running_envoy(env.envoy_bin, envoy_config, admin_port, tmp_path),
