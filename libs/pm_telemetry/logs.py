@@ -21,6 +21,9 @@ SECRET_KEY_PATTERN = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[REDACTED]"
+# Settings whose names look secret but hold a duration or a header's name (secrets_refresh_seconds,
+# deploy_signature_header): shown as they are.
+NOT_SECRET_SUFFIX = re.compile(r"_(seconds|ms|minutes|hours|days|header)$", re.IGNORECASE)
 
 # Attributes every LogRecord has; anything else passed via `extra=` is emitted as a field.
 _STANDARD_ATTRS = frozenset(
@@ -28,13 +31,14 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+def _secret_key(key: str) -> bool:
+    return bool(SECRET_KEY_PATTERN.search(key)) and not NOT_SECRET_SUFFIX.search(key)
+
+
 def redact(value: Any) -> Any:
     """Copy `value` with every entry under a secret-looking key replaced by [REDACTED]."""
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and SECRET_KEY_PATTERN.search(k) else redact(v))
-            for k, v in value.items()
-        }
+        return {k: (REDACTED if isinstance(k, str) and _secret_key(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value

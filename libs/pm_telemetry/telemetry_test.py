@@ -46,6 +46,17 @@ def test_investigation_id_is_unbound_after_the_block() -> None:
     assert "investigation_id" not in json.loads(stream.getvalue().splitlines()[-1])
 
 
+def test_durations_and_header_names_under_secret_looking_keys_are_shown() -> None:
+    shown = redact({"secrets_refresh_seconds": 30, "deploy_signature_header": "x-hub-signature-256",
+                    "slack_signing_secret": "s3cr3t", "api_key_seconds_ago": "k"})  # fmt: skip
+    assert shown == {
+        "secrets_refresh_seconds": 30,
+        "deploy_signature_header": "x-hub-signature-256",
+        "slack_signing_secret": "[REDACTED]",
+        "api_key_seconds_ago": "[REDACTED]",
+    }
+
+
 def test_redact_walks_nested_values() -> None:
     data = {"headers": {"Authorization": "Bearer x"}, "items": [{"password": "p", "ok": 1}]}
     assert redact(data) == {"headers": {"Authorization": "[REDACTED]"}, "items": [{"password": "[REDACTED]", "ok": 1}]}

@@ -253,6 +253,8 @@ class StepExecutor:
         )
         if agent is None:
             return carry_notes(states, state), output, []
+        # The agent's own tool calls are audited as its, not the rule reasoner's.
+        tools.speak_as(f"llm:{task.agent_role}")
         step = await run_llm_role(agent, RegistryTools(tools), states, state, output, per_iteration=self._per_iteration)
         if step.result is not None:
             self._record_usage(step.result, result, str(inputs.get("server", "")))

@@ -79,6 +79,11 @@ class RegistryToolBox:
         # The mcp_tool_calls ids of every call made through this toolbox (denials and outages included).
         self.call_ids: list[str] = []
 
+    def speak_as(self, agent_name: str) -> None:
+        """Name later calls' caller in the registry's audit (e.g. `llm:verify` once the step's LLM
+        agent takes over from the rule reasoner); the calls made so far keep theirs."""
+        self._agent = agent_name
+
     async def route(self, capability: str) -> Route | None:
         """The tool this role may call for `capability` (on the preferred server when set).
 
