@@ -144,7 +144,8 @@ async def test_fast_mode_makes_one_cheap_llm_pass_with_cited_findings_and_counts
             assert [e.claim for e in report.evidence] == ["The diff raises the ledger client's retries."]
             (cited,) = report.evidence[0].tool_call_ids
             call = await stack.db.fetchrow(
-                "SELECT tool_name, agent_role, agent_name, investigation_id::text FROM mcp_tool_calls WHERE id = $1::uuid",
+                "SELECT tool_name, agent_role, agent_name, investigation_id::text FROM mcp_tool_calls"
+                " WHERE id = $1::uuid",
                 cited,
             )
             # The model's own call is audited as the LLM agent's.
