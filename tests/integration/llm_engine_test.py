@@ -6,9 +6,9 @@ the request, reading the investigation context the worker sent, as a model would
   model reads the culprit's diff through the registry (a real tool call, cited by its id); one of
   its claims cites an id that does not exist and is removed by the citation checker. Tokens and
   cost land on the agent run and the investigation.
-- balanced and deep: the LLM hypothesizes, verifies and concludes on the mode's model, each role
-  with its own prompt and tools, citing real calls; a hypothesis citing an invented call is
-  dropped and counted.
+- balanced and deep: the LLM hypothesizes, verifies and concludes on the mode's model (deep also
+  triages, after the rule reasoner's triage), each role with its own prompt and tools, citing real
+  calls; a hypothesis citing an invented call is dropped and counted.
 - a mixed run: LLM HYPOTHESIZE and VERIFY, rule RECOMMEND, which concludes what the scripted
   verification supports.
 - outages: the RECOMMEND pass keeps the rule conclusion; an LLM HYPOTHESIZE fails visibly and the
@@ -40,12 +40,14 @@ MODELS = {
 }
 RULE_ROLES = ("triage", "gather.logs", "gather.metrics", "gather.traces", "gather.changes")
 PROMPTS = {
+    "You are the triage agent": "triage",
     "You are the hypothesis agent": "hypothesize",
     "You are the verification agent": "verify",
     "You are the concluding agent": "recommend",
 }
 # The role's registry tools (the sandbox's names) the model is offered, besides `submit`.
 ROLE_TOOLS = {
+    "triage": {"get_alert", "query_metrics"},
     "hypothesize": {"search_logs", "query_metrics", "search_traces", "list_deploys", "list_commits", "flag_changes"},
     "verify": {"get_commit", "list_deploys", "list_commits", "search_logs", "query_metrics", "search_traces"},
     "recommend": {
@@ -296,12 +298,36 @@ def _recommend_on_the_verification(body: dict[str, Any]) -> Reply:
     return message(tool_use("submit", findings), input_tokens=7000, output_tokens=500)
 
 
+def _triage(body: dict[str, Any]) -> Reply:
+    context = _context(body)
+    assert context["alert"]["service"] == "api-gateway"
+    assert context["alert_call_ids"]
+    assert context["onset_call_ids"]
+    answer = {
+        "symptom": "api-gateway returns 503/504 on POST /v1/checkout; customers cannot pay.",
+        "symptom_evidence": [
+            {"claim": "api-gateway's 5xx ratio crossed its threshold", "call_ids": context["alert_call_ids"]},
+            {"claim": "the error ratio left its baseline before the alert", "call_ids": context["onset_call_ids"]},
+            {"claim": "support is flooded with tickets", "call_ids": ["call-that-never-was"]},
+        ],
+        "severity": "critical",
+        "affected_services": ["api-gateway"],
+        "gather_services": ["api-gateway", "checkout", "payments"],
+    }
+    return message(tool_use("submit", answer), input_tokens=2000, output_tokens=200)
+
+
 @pytest.mark.parametrize(("mode", "model"), [("balanced", "LLM_MODEL_BALANCED"), ("deep", "LLM_MODEL_DEEP")])
 async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_llm_on_their_model(
     tmp_path: Path, mode: str, model: str
 ) -> None:
+    # Deep mode also triages with the model; balanced keeps the rule reasoner's triage.
+    llm_roles = (
+        ("triage", "hypothesize", "verify", "recommend") if mode == "deep" else ("hypothesize", "verify", "recommend")
+    )
     async with running_fake_llm() as llm:
-        llm.anthropic(_hypothesize, _verify_reads_the_diff, _verify_submits, _recommend_on_the_verification)
+        triage = (_triage,) if mode == "deep" else ()
+        llm.anthropic(*triage, _hypothesize, _verify_reads_the_diff, _verify_submits, _recommend_on_the_verification)
         async with _engine(tmp_path, registry_config(SCENARIO), settings={**_keys(llm), **MODELS}) as stack:
             investigation_id = await _submit(stack, f"SHOP-5{len(mode)}", mode=mode)
             row = await _until_done(stack, investigation_id)
@@ -310,18 +336,19 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
             assert llm.unanswered() == 0
             # Each role's requests: its own prompt, tools and the mode's model, the prefix cached.
             bodies = llm.bodies()
-            assert [_role_of(b) for b in bodies] == ["hypothesize", "verify", "verify", "recommend"]
+            assert [_role_of(b) for b in bodies] == [*llm_roles[:-2], "verify", "verify", "recommend"]
             assert {b["model"] for b in bodies} == {MODELS[model]}
             for body in bodies:
                 assert {t["name"] for t in body["tools"]} == {*ROLE_TOOLS[_role_of(body)], "submit"}
                 assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
                 assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
                 assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
-            assert "hypotheses" in bodies[0]["tools"][-1]["input_schema"]["properties"]
-            assert "checklist" in json.dumps(bodies[1]["tools"][-1]["input_schema"])
+            by_role = {_role_of(b): b for b in reversed(bodies)}
+            assert "hypotheses" in by_role["hypothesize"]["tools"][-1]["input_schema"]["properties"]
+            assert "checklist" in json.dumps(by_role["verify"]["tools"][-1]["input_schema"])
             assert await _reasoners(stack, investigation_id) == {
                 **dict.fromkeys(RULE_ROLES, "rule"),
-                **dict.fromkeys(("hypothesize", "verify", "recommend"), "llm"),
+                **dict.fromkeys(llm_roles, "llm"),
             }
             outputs = {
                 r["agent_role"]: json.loads(r["output"])
@@ -331,6 +358,13 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
                     investigation_id,
                 )
             }
+            if mode == "deep":
+                triaged = outputs["triage"]
+                assert (triaged["reasoner"], triaged["prompt_version"], triaged["model"]) == ("llm", 2, MODELS[model])
+                # The claim citing an invented call was removed and counted; the rule onset stands.
+                assert (triaged["rejected_claims"], triaged["onset_changed"]) == (1, False)
+                assert triaged["gather_services"] == ["api-gateway", "checkout", "payments"]
+                assert "symptom" in by_role["triage"]["tools"][-1]["input_schema"]["properties"]
             hypothesized = outputs["hypothesize"]
             # The flag hypothesis cited a call that never happened: dropped and counted.
             assert (hypothesized["rejected_claims"], hypothesized["prompt_version"]) == (1, 2)
@@ -366,6 +400,7 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
             assert [(r["phase"], r["model"], r["llm_calls"]) for r in runs] == [
                 ("hypothesize", MODELS[model], 1),
                 ("recommend", MODELS[model], 1),
+                *([("triage", MODELS[model], 1)] if mode == "deep" else []),
                 ("verify", MODELS[model], 2),
             ]
 

@@ -30,12 +30,14 @@ STATUS_WEIGHT = {"verified": 10.0, "unverified": 0.0, "rejected": -10.0}
 
 
 def notes_of(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The LLM notes the input states carry (verifications joined, the latest hypotheses)."""
+    """The LLM notes the input states carry (the triage, verifications joined, the latest hypotheses)."""
     notes: dict[str, Any] = {}
     for state in states:
         found = state.get(NOTES_KEY)
         if not isinstance(found, Mapping):
             continue
+        if isinstance(found.get("triage"), Mapping):
+            notes["triage"] = dict(found["triage"])
         if isinstance(found.get("hypotheses"), Mapping):
             notes["hypotheses"] = dict(found["hypotheses"])
         if isinstance(found.get("verification"), Mapping):

@@ -4,7 +4,8 @@ actually made.
 An evidence item or a check is dropped when it cites nothing or cites any id that is not among
 the investigation's calls (one invented id discredits the claim: the model may have invented the
 fact with it). A verdict naming a culprit with no evidence left is downgraded to INCONCLUSIVE,
-and the summary says why. The same rule holds for HYPOTHESIZE (a hypothesis left without
+and the summary says why. TRIAGE: a first failing service or an onset left without evidence is
+ignored. The same rule holds for HYPOTHESIZE (a hypothesis left without
 evidence is dropped; a changed failure order left without evidence is ignored) and VERIFY (a
 pass or fail citing nothing real is dropped; an `unknown` may cite nothing; a hypothesis left
 without checks is dropped, a `verified` one left without a passing check becomes `unverified`,
@@ -25,6 +26,7 @@ from pm_worker.llm.schemas import (
     Hypotheses,
     RankedHypothesis,
     Remediation,
+    Triage,
     Verification,
     VerifiedHypothesis,
 )
@@ -193,3 +195,33 @@ def review_verification(answer: Verification, known_call_ids: Collection[str]) -
         answer.model_copy(update={"hypotheses": kept, "converged": converged}).model_dump()
     )
     return VerificationReview(cleaned, len(rejected), tuple(rejected), tuple(dropped), tuple(downgraded))
+
+
+@dataclass(frozen=True, slots=True)
+class TriageReview:
+    """TRIAGE's answer with unsupported claims removed, and what was removed."""
+
+    answer: Triage
+    rejected: int
+    rejected_claims: tuple[str, ...] = ()
+    # What the answer changed but no supported evidence is left for: "first failing service", "onset".
+    ignored: tuple[str, ...] = ()
+
+
+def review_triage(answer: Triage, known_call_ids: Collection[str]) -> TriageReview:
+    """Drop evidence citing nothing or unknown calls; ignore a first failing service or onset left unsupported."""
+    known = frozenset(known_call_ids)
+    rejected: list[str] = []
+    ignored: list[str] = []
+    symptom = _cites(answer.symptom_evidence, known, rejected, "symptom")
+    first = _cites(answer.first_failing_evidence, known, rejected, "first failing service")
+    onset = _cites(answer.onset_evidence, known, rejected, "onset")
+    update: dict[str, object] = {"symptom_evidence": symptom, "first_failing_evidence": first, "onset_evidence": onset}
+    if answer.first_failing_service and not first:
+        ignored.append(f"first failing service {answer.first_failing_service}")
+        update["first_failing_service"] = ""
+    if answer.onset is not None and not onset:
+        ignored.append(f"onset {answer.onset.isoformat()}")
+        update["onset"] = None
+    cleaned = Triage.model_validate(answer.model_copy(update=update).model_dump())
+    return TriageReview(cleaned, len(rejected), tuple(rejected), tuple(ignored))

@@ -27,6 +27,7 @@ from pm_worker.llm.case_view import (
     other_changes,
 )
 from pm_worker.llm.citations import HypothesesReview
+from pm_worker.llm.triage import triage_notes
 from pm_worker.rules.reasoner import Candidate, Case, Evidence
 
 
@@ -61,16 +62,19 @@ def context(
             if c.verified
         ],
         "other_changes": other_changes(case),
+        **({"triage_agent": triage} if (triage := triage_notes(notes)) else {}),
         **({"similar_past_incidents": list(similar)} if similar else {}),
         **({"known_issues": list(known)} if known else {}),
     }
     return (
         "The investigation so far, as JSON. `candidates` are the changes the rule reasoner found in the"
         " window, those it would verify next first (`rule_proposed`); `other_changes` are the remaining"
-        " deploys, commits and flag changes; `similar_past_incidents`, when present, are earlier incidents"
-        " and their verdicts, and `known_issues`, when present, are what people confirmed about these services"
-        " (both leads, never evidence: they cite no call of this investigation). Rank the"
-        " causes yourself; verification comes next.\n\n" + json.dumps(data, indent=1, default=str)
+        " deploys, commits and flag changes; `triage_agent`, when present, is what the triage agent saw"
+        " first (its first failing service is a candidate the gathered facts may overturn);"
+        " `similar_past_incidents`, when present, are earlier incidents and their verdicts, and"
+        " `known_issues`, when present, are what people confirmed about these services (both leads,"
+        " never evidence: they cite no call of this investigation). Rank the causes yourself;"
+        " verification comes next.\n\n" + json.dumps(data, indent=1, default=str)
     )
 
 

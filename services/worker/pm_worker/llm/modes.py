@@ -6,7 +6,8 @@ LLM_MODEL_DEEP); a role the mode does not list runs the rule reasoner. By defaul
 
 - fast: the rule reasoner everywhere, then one LLM pass (RECOMMEND) on the cheap tier;
 - balanced: the LLM hypothesizes, verifies and concludes on the balanced tier;
-- deep: the same on the deep tier (and the engine allows more hypothesis iterations).
+- deep: the LLM also triages (after the rule reasoner's triage), all on the deep tier (and the
+  engine allows more hypothesis iterations).
 
 Nothing here imports a client: the settings validate against these names.
 """
@@ -17,15 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("fast", "balanced", "deep")
-# The roles an LLM can run; triage and gather stay with the rule reasoner (cheap and cited).
-LLM_ROLES = ("hypothesize", "verify", "recommend")
+# The roles an LLM can run; gather stays with the rule reasoner (cheap and cited).
+LLM_ROLES = ("triage", "hypothesize", "verify", "recommend")
 LIMIT_NAMES = ("max_turns", "max_tokens")
 LIMIT_RANGES = {"max_turns": (1, 100), "max_tokens": (256, 64_000)}
 
 DEFAULT_MODE_ROLES: Mapping[str, Mapping[str, str]] = {
     "fast": {"recommend": "fast"},
     "balanced": {"hypothesize": "balanced", "verify": "balanced", "recommend": "balanced"},
-    "deep": {"hypothesize": "deep", "verify": "deep", "recommend": "deep"},
+    "deep": {"triage": "deep", "hypothesize": "deep", "verify": "deep", "recommend": "deep"},
 }
 # Roles not listed use LLM_MAX_TURNS and LLM_MAX_TOKENS. A ranked list of hypotheses, or a
 # checklist for several, needs more room for its answer than a verdict.

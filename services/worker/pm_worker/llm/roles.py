@@ -4,6 +4,9 @@ A step first runs the rule reasoner's role (`rules.steps.run_role`: cheap, deter
 fact cited); when the investigation's mode gives the role to the LLM (`modes`), the role's agent
 then reasons over that state and its answer becomes the step's state and output:
 
+- triage (`triage.py`) submits `Triage`: the symptom, its severity, the affected services, a first
+  failing service candidate and, when the evidence shows another, the onset (GATHER's window moves
+  with it), each change cited; the services to gather for.
 - hypothesize (`hypothesize.py`) submits `Hypotheses`: a ranked list, each with its mechanism,
   cited evidence and what would falsify it. It changes the failure order (when it shows another),
   the candidates, and which of them VERIFY reads next.
@@ -18,7 +21,7 @@ claim must cite tool calls of this investigation (`citations.py`); what cites no
 removed and counted (`rejected_claims` in the output, a line among the problems, which the
 report lists under Gaps).
 
-A provider failure (after the fallback) fails a HYPOTHESIZE or VERIFY step like any other
+A provider failure (after the fallback) fails a TRIAGE, HYPOTHESIZE or VERIFY step like any other
 dependency failure: the engine retries it, and then writes its partial report. RECOMMEND keeps its
 recorded policy: the rule reasoner's conclusion stands, and the report says the LLM was
 unavailable.
@@ -30,15 +33,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pm_worker.llm import hypothesize, verify
+from pm_worker.llm import hypothesize, triage, verify
 from pm_worker.llm.case_view import NOTES_KEY, notes_of
-from pm_worker.llm.citations import review_hypotheses, review_verification
+from pm_worker.llm.citations import review_hypotheses, review_triage, review_verification
 from pm_worker.llm.conclude import case_call_ids, conclude_with_llm
 from pm_worker.llm.loop import AgentLoop, LoopResult, Step
 from pm_worker.llm.modes import DEFAULT_MODE_ROLES, DEFAULT_ROLE_LIMITS
 from pm_worker.llm.prompts import Prompt, load_prompt
 from pm_worker.llm.protocol import RoleTools
-from pm_worker.llm.schemas import Hypotheses, Verification
+from pm_worker.llm.schemas import Hypotheses, Triage, Verification
 from pm_worker.rules.reasoner import Case
 from pm_worker.rules.steps import dump_case, load_case
 
@@ -109,6 +112,8 @@ async def run_llm_role(
     """Run the role's agent on the rule reasoner's `state` and `output` of this step (`inputs`
     are the states the step read, for the notes earlier LLM steps left)."""
     notes = notes_of(inputs)
+    if assignment.role == "triage":
+        return await _triage(assignment, tools, notes, state, output)
     if assignment.role == "hypothesize":
         return await _hypothesize(assignment, tools, notes, state, output, per_iteration)
     if assignment.role == "verify":
@@ -161,6 +166,41 @@ def _note_problems(case: Case, role: str, rejected: int, dropped: Sequence[str],
 
 def _state(case: Case, notes: Mapping[str, Any]) -> dict[str, Any]:
     return {**dump_case(case), NOTES_KEY: dict(notes)} if notes else dump_case(case)
+
+
+async def _triage(
+    assignment: Assignment,
+    tools: RoleTools,
+    notes: Mapping[str, Any],
+    state: dict[str, Any],
+    output: dict[str, Any],
+) -> LLMStep:
+    case = load_case(state)
+    prompt = load_prompt("triage")
+    known = case_call_ids(case)
+    result = await _ask(assignment, tools, prompt, triage.context(case), Triage)
+    review = review_triage(result.output, known | set(result.call_ids))
+    applied = triage.apply(case, review)
+    _note_problems(case, "triage", review.rejected, (), ())
+    if review.ignored:
+        case.problems.append(f"triage: ignored for want of cited evidence: {', '.join(review.ignored)}")
+    case.problems.extend(f"triage: {refused}" for refused in applied.refused)
+    notes = {**notes, "triage": applied.triage}
+    answer = review.answer
+    summary = {
+        **output,
+        "onset": applied.triage["onset"],
+        "rule_onset": applied.triage["rule_onset"],
+        "onset_changed": applied.onset_changed,
+        "symptom": answer.symptom,
+        "severity": answer.severity,
+        "affected_services": list(answer.affected_services),
+        "first_failing_service": case.first_failing,
+        "first_failing_changed": applied.first_failing_changed,
+        "gather_services": list(answer.gather_services),
+        **_meta(assignment, prompt, result, review.rejected),
+    }
+    return LLMStep(_state(case, notes), summary, result)
 
 
 async def _hypothesize(

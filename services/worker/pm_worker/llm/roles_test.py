@@ -1,4 +1,4 @@
-"""The LLM's HYPOTHESIZE and VERIFY on the project's scenario: the rule reasoner's real states (its
+"""The LLM's TRIAGE, HYPOTHESIZE and VERIFY on the project's scenario: the rule reasoner's real states (its
 tools answered in-process from the scenario, as in rules/reasoner_test.py), the real `anthropic`
 SDK and our loop against a local Messages API server with scripted replies, and the conversion of
 the models' answers back into the state the next step and the report read."""
@@ -17,7 +17,7 @@ from pm_sandbox.data import Incident, QueryError, load_incident
 from pm_sandbox.server import TOOL_CAPABILITIES
 from pm_settings import SettingsError, load_settings
 from pm_testing.fake_llm import FakeLLM, Reply, message, overloaded, running_fake_llm, tool_use
-from pm_worker.llm import verify
+from pm_worker.llm import hypothesize, verify
 from pm_worker.llm.anthropic_api import AnthropicProvider
 from pm_worker.llm.case_view import NOTES_KEY
 from pm_worker.llm.citations import review_verification
@@ -447,9 +447,11 @@ def test_each_mode_gives_the_llm_its_roles_on_its_tier_within_each_roles_limits(
         "verify": ("mid-model", 16, 8192),
         "recommend": ("mid-model", 12, 4096),
     }
+    # Deep mode also triages with the model (within the default limits); gather stays with the rules.
     assert {role: model for role, (model, _, _) in plan["deep"].items()} == dict.fromkeys(
-        ("hypothesize", "verify", "recommend"), "big-model"
+        ("triage", "hypothesize", "verify", "recommend"), "big-model"
     )
+    assert plan["deep"]["triage"] == ("big-model", 12, 4096)
     assert plan[""] == plan["balanced"]  # a task without a mode runs as balanced
 
 
@@ -469,7 +471,7 @@ def test_the_mode_table_and_role_limits_are_read_from_json_and_checked() -> None
     assert settings.llm_role_limits == {"recommend": {"max_turns": 6}}
     for bad, named in (
         ('{"turbo": {}}', "unknown mode 'turbo'"),
-        ('{"fast": {"triage": "fast"}}', "cannot run role 'triage'"),
+        ('{"fast": {"gather.logs": "fast"}}', "cannot run role 'gather.logs'"),
         ('{"fast": {"recommend": "huge"}}', "unknown tier 'huge'"),
         ("[1]", "expected a JSON object"),
         ("{", "not JSON"),
@@ -478,3 +480,123 @@ def test_the_mode_table_and_role_limits_are_read_from_json_and_checked() -> None
             load_settings(WorkerSettings, {**required, "LLM_MODE_ROLES": bad})
     with pytest.raises(SettingsError, match="LLM_ROLE_LIMITS.*max_turns must be a whole number from 1 to 100"):
         load_settings(WorkerSettings, {**required, "LLM_ROLE_LIMITS": '{"verify": {"max_turns": 0}}'})
+
+
+# --- TRIAGE ---------------------------------------------------------------------------------
+
+PAYMENTS_ONSET = "2026-03-17T09:49:00Z"
+
+
+def _triage_reads_payments(body: dict[str, Any]) -> Reply:
+    context = context_of(body)
+    assert context["alert"]["service"] == "api-gateway"
+    assert (context["onset"], context["onset_call_ids"]) == ("2026-03-17T09:50:00Z", ["call-2"])
+    assert "api-gateway error_ratio" in context["alert_metric_series"]
+    return message(tool_use("query_metrics", {"metric": "error_ratio", "service": "payments", "step_seconds": 60}))
+
+
+def _triage_answer(*, first: dict[str, Any], onset: dict[str, Any]) -> Any:
+    def reply(body: dict[str, Any]) -> Reply:
+        answer = {
+            "symptom": "POST /v1/checkout returns 503/504 at api-gateway; customers cannot pay.",
+            "symptom_evidence": [
+                {"claim": "api-gateway's 5xx ratio reached 0.101 against 0.05", "call_ids": ["call-1", "call-2"]},
+                {"claim": "payments support tickets doubled", "call_ids": ["call-that-never-was"]},
+            ],
+            "severity": "critical",
+            "affected_services": ["payments", "ledger", "checkout", "api-gateway"],
+            **first,
+            **onset,
+            "gather_services": ["payments", "ledger"],
+        }
+        return message(tool_use("submit", answer), input_tokens=2500, output_tokens=300)
+
+    return reply
+
+
+async def _triaged(llm: FakeLLM, loop: AgentLoop, *replies: Any) -> tuple[ScenarioTools, Any]:
+    tools = ScenarioTools(load_incident(SCENARIO))
+    state, output = await run_role(tools, "triage", [])
+    llm.anthropic(*replies)
+    agent = Assignment("triage", "deep", MODEL, loop)
+    return tools, await run_llm_role(agent, tools.for_role("triage"), [], state, output, per_iteration=2)
+
+
+async def test_a_cited_triage_moves_the_onset_and_names_the_first_failing_service_for_the_next_steps(
+    llm: FakeLLM, loop: AgentLoop
+) -> None:
+    cited = {
+        "first_failing_service": "payments",
+        "first_failing_evidence": [{"claim": "payments error_ratio rose from 09:49", "call_ids": ["call-3"]}],
+    }
+    onset = {
+        "onset": PAYMENTS_ONSET,
+        "onset_evidence": [{"claim": "payments error_ratio left its baseline at 09:49", "call_ids": ["call-3"]}],
+    }
+    tools, step = await _triaged(llm, loop, _triage_reads_payments, _triage_answer(first=cited, onset=onset))
+
+    # The model's own metrics query was a real call of the triage role's tools.
+    assert tools.calls[2][:2] == ("call-3", "query_metrics")
+    case = load_case(step.state)
+    assert case.onset == parse_time(PAYMENTS_ONSET)
+    assert (case.first_failing, case.blast_radius) == ("payments", ["ledger", "checkout", "api-gateway"])
+    claims = {e.claim: e.call_ids for e in case.evidence}
+    assert claims["payments error_ratio left its baseline at 09:49"] == ["call-3"]
+    assert "payments support tickets doubled" not in claims
+    # The symptom claim citing an invented call was removed and counted.
+    assert step.output["rejected_claims"] == 1
+    assert any("1 claim(s) of the model's triage step" in p for p in case.problems)
+    assert step.output["onset"] == PAYMENTS_ONSET
+    assert step.output["rule_onset"] == "2026-03-17T09:50:00Z"
+    assert (step.output["onset_changed"], step.output["first_failing_changed"]) == (True, True)
+    assert (step.output["severity"], step.output["gather_services"]) == ("critical", ["payments", "ledger"])
+    assert (step.output["reasoner"], step.output["tier"], step.output["prompt_version"]) == ("llm", "deep", 2)
+    assert step.output["alert"]["service"] == "api-gateway"  # the rule triage's summary stays
+    notes = step.state[NOTES_KEY]["triage"]
+    assert (notes["first_failing_service"], notes["severity"]) == ("payments", "critical")
+
+    # GATHER reads the same state: its window now starts six hours before the model's onset.
+    state, _ = await run_role(tools, "gather.traces", [step.state])
+    (_, tool, arguments) = tools.calls[-1]
+    assert (tool, arguments["start"]) == ("search_traces", "2026-03-17T03:49:00Z")
+    # The triage notes ride along to the hypothesis agent, whichever reasoner gathered.
+    gathered = load_case(state)
+    assert gathered.onset == parse_time(PAYMENTS_ONSET)
+    text = hypothesize.context(gathered, {"triage": notes}, 2)
+    assert json.loads(text.split("\n\n", 1)[1])["triage_agent"]["first_failing_service"] == "payments"
+
+    # The requests: the triage prompt, the role's tools plus submit, the cached prefix.
+    first, second = llm.bodies()
+    assert first["model"] == MODEL
+    assert first["system"][0]["text"].startswith("You are the triage agent")
+    assert {t["name"] for t in first["tools"]} == {"get_alert", "query_metrics", "submit"}
+    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert first["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    schema = first["tools"][-1]["input_schema"]["properties"]
+    assert {"symptom", "first_failing_service", "onset", "gather_services", "severity"} <= set(schema)
+    assert "call_id: call-3" in json.dumps(second["messages"])
+
+
+async def test_an_uncited_or_implausible_triage_change_is_ignored_and_the_rule_triage_stands(
+    llm: FakeLLM, loop: AgentLoop
+) -> None:
+    invented = {
+        "first_failing_service": "ledger",
+        "first_failing_evidence": [{"claim": "ledger failed first", "call_ids": ["call-3", "call-77"]}],
+    }
+    # Cited with a real call, but after the alert fired: GATHER's window cannot be anchored there.
+    late = {"onset": "2026-03-17T10:30:00+00:00", "onset_evidence": [{"claim": "later", "call_ids": ["call-2"]}]}
+    tools, step = await _triaged(llm, loop, _triage_reads_payments, _triage_answer(first=invented, onset=late))
+
+    case = load_case(step.state)
+    assert case.onset == parse_time("2026-03-17T09:50:00Z")
+    assert (case.first_failing, case.blast_radius) == ("", [])
+    # call-77 was never made: that evidence goes, and the first failing service with it.
+    assert step.output["rejected_claims"] == 2
+    assert (step.output["onset_changed"], step.output["first_failing_changed"]) == (False, False)
+    assert any("ignored for want of cited evidence: first failing service ledger" in p for p in case.problems)
+    assert any("onset 2026-03-17T10:30:00Z: not within" in p for p in case.problems)
+    assert "ledger failed first" not in {e.claim for e in case.evidence}
+    # GATHER searches the rule reasoner's window.
+    await run_role(tools, "gather.traces", [step.state])
+    assert tools.calls[-1][2]["start"] == "2026-03-17T03:50:00Z"

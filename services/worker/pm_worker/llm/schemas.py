@@ -1,7 +1,7 @@
 """The structured output a model submits through a tool, validated with pydantic.
 
-`Findings` is RECOMMEND's answer, `Hypotheses` HYPOTHESIZE's and `Verification` VERIFY's
-(`pm_worker.llm.roles` turns the last two into the rule reasoner's state).
+`Findings` is RECOMMEND's answer, `Triage` TRIAGE's, `Hypotheses` HYPOTHESIZE's and `Verification`
+VERIFY's (`pm_worker.llm.roles` turns the last three into the rule reasoner's state).
 
 Findings' field names follow what the rule reasoner's `conclude()` returns (verdict, confidence, summary,
 first_failing_service, blast_radius, culprit, operational_signal, remediation {class, steps},
@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from pm_worker.llm.protocol import ToolSpec
 
@@ -128,6 +128,56 @@ class Findings(_Model):
             hypothesis["title"] = hypothesis["title"] or hypothesis["statement"]
             hypothesis["score"] = hypothesis["confidence"]
         return report
+
+
+# --- TRIAGE --------------------------------------------------------------------------------
+
+Severity = Literal["critical", "high", "medium", "low"]
+
+
+class Triage(_Model):
+    """TRIAGE's answer: what is failing, where it started, since when, and where to look next."""
+
+    symptom: str = Field(min_length=1, description="What is failing, in one sentence, as the alert and metrics show.")
+    symptom_evidence: list[Evidence] = Field(
+        default_factory=list, description="The facts the symptom is read from, each citing its call_ids."
+    )
+    severity: Severity = Field(
+        description="critical: customers cannot complete the core flow; high: a large share of requests fail;"
+        " medium: degraded but working; low: barely noticeable."
+    )
+    affected_services: list[str] = Field(
+        default_factory=list, max_length=30, description="The services the tools show failing or degraded."
+    )
+    first_failing_service: str = Field(
+        default="",
+        description="The service whose metrics left their baseline first, when the tools show one; empty"
+        " when they do not. Needs first_failing_evidence.",
+    )
+    first_failing_evidence: list[Evidence] = Field(
+        default_factory=list, description="With first_failing_service: the facts showing the order, cited."
+    )
+    onset: AwareDatetime | None = Field(
+        default=None,
+        description="When the symptom began (with a timezone), only when the evidence shows it differs from"
+        " the context's onset; null to keep the context's. Needs onset_evidence.",
+    )
+    onset_evidence: list[Evidence] = Field(
+        default_factory=list, description="With onset: the facts showing when the symptom began, cited."
+    )
+    gather_services: list[str] = Field(
+        default_factory=list,
+        max_length=30,
+        description="The services whose logs, traces, metrics and changes the next steps should read first.",
+    )
+
+    @model_validator(mode="after")
+    def _changes_are_cited(self) -> Triage:
+        if self.first_failing_service and not self.first_failing_evidence:
+            raise ValueError("first_failing_service needs first_failing_evidence citing the calls that show it")
+        if self.onset is not None and not self.onset_evidence:
+            raise ValueError("onset needs onset_evidence citing the calls that show it")
+        return self
 
 
 # --- HYPOTHESIZE ---------------------------------------------------------------------------
