@@ -9,7 +9,6 @@ whether trying again later may help.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
+from pm_grpc.tool_results import tool_result_data
 
 SCHEDULER_ROLE = "scheduler"
 DELIVERY_ROLE = "delivery"
@@ -107,18 +107,7 @@ class RegistryTools:
             raise ToolFailure(
                 f"{tool.server}/{tool.name}: the answer was cut to the registry's size cap", retryable=False
             )
-        return _payload(reply)
-
-
-def _payload(reply: Any) -> dict[str, Any]:
-    if reply.HasField("structured_content"):
-        return dict(json_format.MessageToDict(reply.structured_content))
-    text = "".join(item.text for item in reply.content)
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"text": text}
-    return value if isinstance(value, dict) else {"items": value}
+        return tool_result_data(reply)
 
 
 async def mean_metric(

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 
 from pm.registry.v1 import registry_pb2, registry_pb2_grpc
 from pm_errors import Unavailable
 from pm_grpc import HTTP_BODY_KEY
+from pm_grpc.tool_results import tool_result_data
 
 
 class InvestigationEnded(Exception):
@@ -175,7 +176,7 @@ class RegistryToolBox:
             self.call_ids.append(reply.call_id)
         if reply.outcome != registry_pb2.CALL_OUTCOME_OK:
             return Answer(reply.call_id, capability, route.tool, error=reply.error_message or "tool error")
-        return Answer(reply.call_id, capability, route.tool, data=_payload(reply), truncated=reply.truncated)
+        return Answer(reply.call_id, capability, route.tool, data=tool_result_data(reply), truncated=reply.truncated)
 
     def _note_call_id(self, exc: grpc.aio.AioRpcError) -> str:
         """Refusals recorded by the registry (denied, unavailable) carry their call id in the body;
@@ -213,25 +214,3 @@ def _outcome(span: Span, status: str, call_id: str) -> None:
 @functools.cache
 def _tracer() -> trace.Tracer:
     return trace.get_tracer(__name__)
-
-
-def _payload(reply: Any) -> dict[str, Any]:
-    if reply.HasField("structured_content") and not reply.truncated:
-        return dict(_integral(json_format.MessageToDict(reply.structured_content)))
-    text = "".join(item.text for item in reply.content)
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"text": text}
-    return value if isinstance(value, dict) else {"items": value}
-
-
-def _integral(value: Any) -> Any:
-    """Struct numbers are doubles: give whole numbers back as ints (300, not 300.0)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
