@@ -37,6 +37,7 @@ ROLES = {
     "gather.metrics": ["metrics.query"],
     "gather.traces": ["traces.search"],
     "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
+    "gather.context": ["tickets.get", "comms.search"],
     "hypothesize": [
         "logs.search",
         "metrics.query",

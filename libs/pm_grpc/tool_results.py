@@ -1,9 +1,10 @@
 """What a registry CallTool reply says, as JSON: the one reading the worker's tools and the
-orchestrator's scheduled jobs share."""
+orchestrator's scheduled jobs share; and the fields of a `tickets.get` answer they both read."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -31,3 +32,16 @@ def _integral(value: Any) -> Any:
     if isinstance(value, list):
         return [_integral(v) for v in value]
     return value
+
+
+def ticket_field(ticket: Mapping[str, Any], name: str) -> str | None:
+    """A `tickets.get` answer's field (`status`, `summary`, ...), flat or under Jira's `fields`; an
+    object such as Jira's status is read by its `name`. None when absent or blank."""
+    nested = ticket.get("fields")
+    for holder in (ticket, nested if isinstance(nested, Mapping) else {}):
+        value = holder.get(name)
+        if isinstance(value, Mapping):
+            value = value.get("name")
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None

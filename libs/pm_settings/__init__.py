@@ -8,6 +8,7 @@ fields are `SecretStr`: they print as `**********` and `describe()` never shows 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "RegistryClientSettings",
     "ServiceSettings",
     "SettingsError",
+    "argument_templates",
     "load_settings",
 ]
 
@@ -153,3 +155,24 @@ def load_settings(cls: type[S], environ: Mapping[str, str]) -> S:
         if first["type"] == "missing":
             raise SettingsError(f"missing required setting {env}") from None
         raise SettingsError(f"invalid setting {env}: {first['msg']}") from None
+
+
+def argument_templates(value: Any, placeholders: tuple[str, ...], *, required: bool = False) -> dict[str, str]:
+    """A tool's arguments as templates: a JSON object (text, from the environment, or a dict) of
+    argument name -> a string that may use only `placeholders`, e.g. {"issue_key": "{ticket_id}"}.
+    `required`: at least one argument. Raises ValueError naming what is wrong."""
+    names = ", ".join(f"{{{p}}}" for p in placeholders)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON object: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()) or (required and not value):
+        example = json.dumps({"argument": "{" + placeholders[0] + "}"})
+        raise ValueError(f"expected a JSON object of strings{' (at least one)' if required else ''}, e.g. {example}")
+    for name, template in value.items():
+        try:
+            template.format(**dict.fromkeys(placeholders, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"argument {name!r}: {template!r} may only use {names} ({exc})") from None
+    return dict(value)

@@ -127,7 +127,7 @@ async def _applied_once(cluster: Cluster, investigation_id: str) -> None:
     )
     assert sorted((r["phase"], r["agent_role"]) for r in rows) == sorted(
         [("triage", "triage"), ("hypothesize", "hypothesize"), ("verify", "verify"), ("recommend", "recommend")]
-        + [("gather", f"gather.{p}") for p in ("changes", "logs", "metrics", "traces")]
+        + [("gather", f"gather.{p}") for p in ("changes", "context", "logs", "metrics", "traces")]
     )
     assert {r["status"] for r in rows} == {"succeeded"}
     runs = await cluster.db.fetchval(

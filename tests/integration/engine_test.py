@@ -156,7 +156,13 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     )
     assert {s["status"] for s in steps} == {"succeeded"}
     assert {s["phase"] for s in steps} == {"triage", "gather", "hypothesize", "verify", "recommend"}
-    assert len([s for s in steps if s["phase"] == "gather"]) == 4
+    assert len([s for s in steps if s["phase"] == "gather"]) == 5
+    # The context part is told the ticket to look up (and the Slack channel, none here), nothing else.
+    context_input = await stack.db.fetchval(
+        "SELECT input FROM investigation_steps WHERE investigation_id = $1::uuid AND agent_role = 'gather.context'",
+        investigation_id,
+    )
+    assert json.loads(context_input)["context"] == {"ticket_id": "SHOP-9", "channel": ""}
     runs = await stack.db.fetchval(
         "SELECT count(*) FROM agent_runs WHERE investigation_id = $1::uuid", investigation_id
     )
@@ -180,7 +186,7 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
         assert {"metadata.json", "report.md", "report.json", "phases.json", "agent_runs.json", "hypotheses.json",
                 "tool_calls.json", "events.json"} <= set(archive.namelist())  # fmt: skip
         assert json.loads(archive.read("metadata.json"))["id"] == investigation_id
-        assert len(json.loads(archive.read("phases.json"))) == 8
+        assert len(json.loads(archive.read("phases.json"))) == 9
         assert len(json.loads(archive.read("tool_calls.json"))) == row["tool_calls"]
         assert archive.read("report.md").decode().startswith("# Investigation SHOP-9")
     resumed = await _watch(stack, investigation_id, after=len(events) - 2)

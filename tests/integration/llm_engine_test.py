@@ -6,9 +6,10 @@ the request, reading the investigation context the worker sent, as a model would
   model reads the culprit's diff through the registry (a real tool call, cited by its id); one of
   its claims cites an id that does not exist and is removed by the citation checker. Tokens and
   cost land on the agent run and the investigation.
-- balanced and deep: the LLM hypothesizes, verifies and concludes on the mode's model (deep also
-  triages, after the rule reasoner's triage), each role with its own prompt and tools, citing real
-  calls; a hypothesis citing an invented call is dropped and counted.
+- balanced and deep: the LLM reads the ticket and chat (on the cheap tier in balanced mode), then
+  hypothesizes, verifies and concludes on the mode's model (deep also triages, after the rule
+  reasoner's triage), each role with its own prompt and tools, citing real calls; a hypothesis
+  citing an invented call is dropped and counted; the hypothesis agent reads what people said.
 - a mixed run: LLM HYPOTHESIZE and VERIFY, rule RECOMMEND, which concludes what the scripted
   verification supports.
 - outages: the RECOMMEND pass keeps the rule conclusion; an LLM HYPOTHESIZE fails visibly and the
@@ -38,9 +39,10 @@ MODELS = {
     "LLM_MODEL_BALANCED": "claude-sonnet-5-5",
     "LLM_MODEL_DEEP": "claude-opus-5-5",
 }
-RULE_ROLES = ("triage", "gather.logs", "gather.metrics", "gather.traces", "gather.changes")
+RULE_ROLES = ("triage", "gather.logs", "gather.metrics", "gather.traces", "gather.changes", "gather.context")
 PROMPTS = {
     "You are the triage agent": "triage",
+    "You are the context agent": "gather.context",
     "You are the hypothesis agent": "hypothesize",
     "You are the verification agent": "verify",
     "You are the concluding agent": "recommend",
@@ -48,6 +50,7 @@ PROMPTS = {
 # The role's registry tools (the sandbox's names) the model is offered, besides `submit`.
 ROLE_TOOLS = {
     "triage": {"get_alert", "query_metrics"},
+    "gather.context": {"get_ticket", "search_messages"},
     "hypothesize": {"search_logs", "query_metrics", "search_traces", "list_deploys", "list_commits", "flag_changes"},
     "verify": {"get_commit", "list_deploys", "list_commits", "search_logs", "query_metrics", "search_traces"},
     "recommend": {
@@ -210,9 +213,32 @@ async def test_when_the_llm_stays_unavailable_the_rule_conclusion_stands(tmp_pat
             assert llm.unanswered() == 0
 
 
+def _read_the_chat(body: dict[str, Any]) -> Reply:
+    """The context agent: one cited fact from the chat messages the rule reasoner found."""
+    context = _context(body)
+    (chat_call,) = context["chat_call_ids"]
+    rollback = next(m for m in context["messages"] if "roll back api-gateway" in m["text"])
+    answer = {
+        "summary": "The incident commander wants to roll back api-gateway.",
+        "facts": [
+            {
+                "kind": "action",
+                "claim": f"{rollback['user']} in #incidents proposes rolling back api-gateway",
+                "at": rollback["ts"],
+                "services": ["api-gateway"],
+                "call_ids": [chat_call],
+            }
+        ],
+        "suspects": [GATEWAY[:8]],
+    }
+    return message(tool_use("submit", answer), input_tokens=1500, output_tokens=150)
+
+
 def _hypothesize(body: dict[str, Any]) -> Reply:
     """Ranks the culprit (citing the calls the context gives for it) and a flag on an invented call."""
     context = _context(body)
+    # What people said reached the hypothesis agent as a lead.
+    assert context["reported_context"]["suspects"] == [GATEWAY[:8]], context.get("reported_context")
     culprit = next(c for c in context["candidates"] if c["ref"] == CULPRIT)
     answer = {
         "hypotheses": [
@@ -322,12 +348,20 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
     tmp_path: Path, mode: str, model: str
 ) -> None:
     # Deep mode also triages with the model; balanced keeps the rule reasoner's triage.
-    llm_roles = (
-        ("triage", "hypothesize", "verify", "recommend") if mode == "deep" else ("hypothesize", "verify", "recommend")
-    )
+    reasoning = ("hypothesize", "verify", "recommend")
+    llm_roles = ("triage", "gather.context", *reasoning) if mode == "deep" else ("gather.context", *reasoning)
+    # Balanced mode reads the ticket and chat on the cheap tier, deep on its own.
+    context_model = MODELS[model] if mode == "deep" else MODELS["LLM_MODEL_FAST"]
     async with running_fake_llm() as llm:
         triage = (_triage,) if mode == "deep" else ()
-        llm.anthropic(*triage, _hypothesize, _verify_reads_the_diff, _verify_submits, _recommend_on_the_verification)
+        llm.anthropic(
+            *triage,
+            _read_the_chat,
+            _hypothesize,
+            _verify_reads_the_diff,
+            _verify_submits,
+            _recommend_on_the_verification,
+        )
         async with _engine(tmp_path, registry_config(SCENARIO), settings={**_keys(llm), **MODELS}) as stack:
             investigation_id = await _submit(stack, f"SHOP-5{len(mode)}", mode=mode)
             row = await _until_done(stack, investigation_id)
@@ -337,7 +371,8 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
             # Each role's requests: its own prompt, tools and the mode's model, the prefix cached.
             bodies = llm.bodies()
             assert [_role_of(b) for b in bodies] == [*llm_roles[:-2], "verify", "verify", "recommend"]
-            assert {b["model"] for b in bodies} == {MODELS[model]}
+            assert {b["model"] for b in bodies if _role_of(b) != "gather.context"} == {MODELS[model]}
+            assert [b["model"] for b in bodies if _role_of(b) == "gather.context"] == [context_model]
             for body in bodies:
                 assert {t["name"] for t in body["tools"]} == {*ROLE_TOOLS[_role_of(body)], "submit"}
                 assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -350,6 +385,13 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
                 **dict.fromkeys(RULE_ROLES, "rule"),
                 **dict.fromkeys(llm_roles, "llm"),
             }
+            # The investigation's ticket was looked up (the scenario has no SHOP ticket: a gap).
+            lookups = await stack.db.fetch(
+                "SELECT agent_role, status FROM mcp_tool_calls WHERE investigation_id = $1::uuid"
+                " AND tool_name = 'get_ticket'",
+                investigation_id,
+            )
+            assert [(r["agent_role"], r["status"]) for r in lookups] == [("gather.context", "tool_error")]
             outputs = {
                 r["agent_role"]: json.loads(r["output"])
                 for r in await stack.db.fetch(
@@ -398,6 +440,7 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
                 investigation_id,
             )
             assert [(r["phase"], r["model"], r["llm_calls"]) for r in runs] == [
+                ("gather", context_model, 1),
                 ("hypothesize", MODELS[model], 1),
                 ("recommend", MODELS[model], 1),
                 *([("triage", MODELS[model], 1)] if mode == "deep" else []),
@@ -483,15 +526,18 @@ async def test_an_llm_hypothesize_that_cannot_reach_a_provider_fails_visibly_and
     tmp_path: Path,
 ) -> None:
     async with running_fake_llm() as llm:
-        # Three attempts of HYPOTHESIZE (each the first try and the SDK's two retries), then the
-        # partial RECOMMEND's pass, whose outage policy keeps the rule conclusion.
-        llm.anthropic(*[overloaded() for _ in range(12)])
+        # The context agent's pass (whose outage policy leaves the ticket and chat as found), three
+        # attempts of HYPOTHESIZE (each the first try and the SDK's two retries), then the partial
+        # RECOMMEND's pass, whose outage policy keeps the rule conclusion.
+        llm.anthropic(*[overloaded() for _ in range(15)])
         async with _engine(tmp_path, registry_config(SCENARIO), settings={**_keys(llm), **MODELS}) as stack:
             investigation_id = await _submit(stack, "SHOP-61")
             row = await _until_done(stack, investigation_id)
             assert row["status"] == "completed", row["error"]
             assert llm.unanswered() == 0
-            assert [_role_of(b) for b in llm.bodies()] == ["hypothesize"] * 9 + ["recommend"] * 3
+            assert [_role_of(b) for b in llm.bodies()] == ["gather.context"] * 3 + ["hypothesize"] * 9 + [
+                "recommend"
+            ] * 3
             steps = await stack.db.fetch(
                 "SELECT status, error FROM investigation_steps WHERE investigation_id = $1::uuid"
                 " AND phase = 'hypothesize' ORDER BY attempt",
@@ -507,3 +553,4 @@ async def test_an_llm_hypothesize_that_cannot_reach_a_provider_fails_visibly_and
                 "Partial report: step hypothesize failed after 3 attempt(s): ProviderUnavailable"
             )
             assert "LLM unavailable" in report.markdown
+            assert "gather.context: LLM unavailable" in report.markdown

@@ -252,11 +252,11 @@ async def test_every_tool_answers_with_windows_and_filters(stack: Stack, server:
     commit = _json(await _call(stub, server, "get_commit", sha=COMMITS[0]["sha"][:12]))
     assert "+size: 4" in commit["diff"]
     assert _json(await _call(stub, server, "flag_changes"))["total"] == 0
-    assert _json(await _call(stub, server, "get_ticket", key="shop-9"))["status"] == "open"
-    messages = _json(await _call(stub, server, "search_messages", text="pool", channel="incidents"))
+    assert _json(await _call(stub, server, "get_ticket", issue_key="shop-9"))["status"] == "open"
+    messages = _json(await _call(stub, server, "search_messages", query="pool", channel="incidents"))
     assert messages["items"][0]["user"] == "kim"
 
-    missing = await _call(stub, server, "get_ticket", key="NOPE-1")
+    missing = await _call(stub, server, "get_ticket", issue_key="NOPE-1")
     assert missing.outcome == registry_pb2.CALL_OUTCOME_TOOL_ERROR
     assert "NOPE-1" in missing.error_message
 
@@ -282,7 +282,7 @@ async def test_every_call_is_recorded_under_the_call_id(stack: Stack) -> None:
 
     # A retried request with the same idempotency key answers with the first call's record.
     args = struct_pb2.Struct()
-    args.update({"key": "SHOP-9"})
+    args.update({"issue_key": "SHOP-9"})
     request = registry_pb2.CallToolRequest(
         server="sandbox", tool="get_ticket", arguments=args, agent_role="investigator", idempotency_key="step-7-call-1"
     )
@@ -418,7 +418,7 @@ async def test_the_breaker_opens_when_the_server_dies_and_closes_when_it_returns
 
 async def test_calls_and_server_state_are_exported_as_metrics(stack: Stack) -> None:
     await _call(stack.stub, "sandbox", "get_alert")
-    await _call(stack.stub, "sandbox", "get_ticket", key="NOPE-1")
+    await _call(stack.stub, "sandbox", "get_ticket", issue_key="NOPE-1")
     async with httpx.AsyncClient(timeout=5) as client:
         text = (await client.get(stack.metrics_url)).text
     assert 'pm_mcp_tool_call_total{server="sandbox",status="ok",tool="get_alert"} 1.0' in text

@@ -354,7 +354,7 @@ async def test_the_stale_review_posts_one_summary_through_the_registrys_write_to
         investigation_hours=24,
         ticket_days=7,
         channel="C-ops",
-        ticket_arguments={"key": "{ticket_id}"},
+        ticket_arguments={"issue_key": "{ticket_id}"},
         public_base_url="https://pm",
     )
     review = StaleTicketReview(stack.pool, stack.tools, config)
@@ -596,7 +596,7 @@ async def test_two_orchestrators_run_every_job_once_and_the_survivor_takes_over(
             "SCHEDULER_POLL_SECONDS": "0.2",
             "RECONCILE_INTERVAL_SECONDS": "3600",
             "STALE_TICKET_SLACK_CHANNEL": "C-ops",
-            "STALE_TICKET_LOOKUP_ARGUMENTS": '{"key": "{ticket_id}"}',
+            "STALE_TICKET_LOOKUP_ARGUMENTS": '{"issue_key": "{ticket_id}"}',
             **{f"{job.upper()}_CRON": "* * * * *" for job in JOBS},
         }
         processes, metrics_ports = [], []

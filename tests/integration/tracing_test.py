@@ -65,6 +65,7 @@ AGENT_STEPS = {
     ("gather", "gather.metrics"),
     ("gather", "gather.traces"),
     ("gather", "gather.changes"),
+    ("gather", "gather.context"),
     ("hypothesize", "hypothesize"),
     ("verify", "verify"),
     ("recommend", "recommend"),
@@ -162,7 +163,7 @@ async def run(tmp_path: Path) -> AsyncIterator[Run]:
                 ):
                     reply = await client.post(
                         "/api/v1/investigate",
-                        json={"ticket_id": "SHOP-77", "callback_url": f"{collector.endpoint}/callback"},
+                        json={"ticket_id": "INC-4812", "callback_url": f"{collector.endpoint}/callback"},
                         headers={"x-api-key": API_KEY, "traceparent": f"00-{trace_id}-{client_span_id}-01"},
                     )
                     assert reply.status_code == 202, reply.text

@@ -110,7 +110,9 @@ async def _deliver(engine: Engine, conn: asyncpg.Connection, investigation: asyn
 
 PHASES: Mapping[str, AgentPhase | OrchestratorPhase] = {
     "triage": AgentPhase(("triage",), None, "gather"),
-    "gather": AgentPhase(("gather.logs", "gather.metrics", "gather.traces", "gather.changes"), "triage", "hypothesize"),
+    "gather": AgentPhase(
+        ("gather.logs", "gather.metrics", "gather.traces", "gather.changes", "gather.context"), "triage", "hypothesize"
+    ),
     "hypothesize": AgentPhase(("hypothesize",), "gather", "verify"),
     "verify": AgentPhase(("verify",), "hypothesize", "recommend", loop_to="hypothesize"),
     "recommend": AgentPhase(("recommend",), "verify", "report"),
@@ -409,6 +411,12 @@ class Engine:
         # The domain names the registry server whose tools the steps prefer (e.g. one sandbox per
         # benchmark case); without a server of that name, any server offering a capability serves.
         inputs: dict[str, Any] = {"state_uris": list(states), "server": str(investigation["domain"] or "")}
+        if role == "gather.context":
+            # Where people talk about it: the ticket and the chat channel it was asked from (never
+            # the Slack response_url, which is a credential).
+            slack = json_object(investigation["trigger_context"]).get("slack")
+            channel = slack.get("channel_id", "") if isinstance(slack, Mapping) else ""
+            inputs["context"] = {"ticket_id": investigation["ticket_id"], "channel": str(channel)}
         if phase == "hypothesize" and self._recall is not None:
             # Past incidents like this one, or why none is given (pm_orchestrator.similar).
             inputs["similar_incidents"] = await self._recall(conn, investigation)

@@ -18,6 +18,7 @@ import asyncpg
 
 from pm.common.v1 import types_pb2
 from pm.events.v1 import events_pb2
+from pm_grpc.tool_results import ticket_field
 from pm_intake import Audit, new_investigation
 from pm_orchestrator.cron import CronSchedule
 from pm_orchestrator.health_check import HealthCheck, HealthCheckConfig, Thresholds, start_investigation
@@ -112,13 +113,7 @@ class StaleReviewConfig:
 
 def ticket_status(data: Mapping[str, Any]) -> str | None:
     """A ticket's status name from a `tickets.get` answer (`status`, or Jira's `fields.status.name`)."""
-    for holder in (data, data.get("fields") if isinstance(data.get("fields"), Mapping) else {}):
-        status = holder.get("status") if isinstance(holder, Mapping) else None
-        if isinstance(status, Mapping):
-            status = status.get("name")
-        if isinstance(status, str) and status.strip():
-            return status.strip()
-    return None
+    return ticket_field(data, "status")
 
 
 def _age(hours: float) -> str:

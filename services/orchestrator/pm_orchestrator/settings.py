@@ -1,6 +1,5 @@
 """Settings of the orchestrator (environment variables, read once in main())."""
 
-import json
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +13,7 @@ from pm_settings import (
     RedisSettings,
     RegistryClientSettings,
     ServiceSettings,
+    argument_templates,
 )
 
 
@@ -129,38 +129,10 @@ class OrchestratorSettings(
     @classmethod
     def _lookup(cls, value: Any) -> dict[str, str]:
         """A JSON object of argument name -> template over {ticket_id}."""
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON object: {exc}") from None
-        if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
-            raise ValueError('expected a JSON object of strings, e.g. {"issue_key": "{ticket_id}"}')
-        for name, template in value.items():
-            try:
-                template.format(ticket_id="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"argument {name!r}: {template!r} may only use {{ticket_id}} ({exc})") from None
-        return value
+        return argument_templates(value, ("ticket_id",), required=True)
 
     @field_validator("publish_ticket_arguments", "publish_chat_arguments", mode="before")
     @classmethod
     def _templates(cls, value: Any) -> dict[str, str]:
-        """A JSON object of argument name -> template (from the environment, a string)."""
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a JSON object: {exc}") from None
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ValueError(
-                'expected a JSON object of strings, e.g. {"issue_key": "{ticket_id}", "comment": "{text}"}'
-            )
-        for name, template in value.items():
-            try:
-                template.format(ticket_id="", channel="", text="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(
-                    f"argument {name!r}: {template!r} may only use {{ticket_id}}, {{channel}} and {{text}} ({exc})"
-                ) from None
-        return value
+        """A JSON object of argument name -> template over {ticket_id}, {channel} and {text}."""
+        return argument_templates(value, ("ticket_id", "channel", "text"))

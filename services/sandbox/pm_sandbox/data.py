@@ -215,16 +215,16 @@ class Incident:
         """Feature-flag changes, oldest first."""
         return _page(_events(self.flags, service, start, end), MAX_LIMIT, 0)
 
-    def get_ticket(self, key: str) -> dict[str, Any]:
-        """A ticket by key."""
+    def get_ticket(self, issue_key: str) -> dict[str, Any]:
+        """A ticket by its key (e.g. SHOP-9)."""
         for ticket in self.tickets:
-            if str(ticket.get("key", "")).upper() == key.upper():
+            if str(ticket.get("key", "")).upper() == issue_key.upper():
                 return dict(ticket)
-        raise QueryError(f"no ticket {key!r}")
+        raise QueryError(f"no ticket {issue_key!r}")
 
-    def search_messages(self, *, text: str, channel: str | None = None, limit: int = 50) -> dict[str, Any]:
-        """Chat messages containing `text`, oldest first."""
-        needle = text.lower()
+    def search_messages(self, *, query: str, channel: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """Chat messages containing `query`, oldest first."""
+        needle = query.lower()
         hits = [
             m
             for m in self.messages

@@ -53,7 +53,7 @@ def test_traces_commits_deploys_and_lookups(incident: Incident) -> None:
     assert [d["version"] for d in deploys["items"]] == ["v7"]
     assert incident.log_patterns(service="cart")["items"][0]["signature"] == "handled request"
     assert incident.get_ticket("shop-9")["status"] == "open"
-    assert incident.search_messages(text="pool")["total"] == 1
+    assert incident.search_messages(query="pool")["total"] == 1
 
 
 def test_the_answer_is_never_loaded(tmp_path: Path) -> None:

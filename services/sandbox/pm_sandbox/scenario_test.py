@@ -184,7 +184,7 @@ def test_the_decoys_are_planted(incident: Incident, truth: Record, onset: dateti
     assert races
     assert all(f"services/{first}/" not in " ".join(c["files_changed"]) for c in races)
     assert any(c["sha"] in truth["decoy_deploy_commits"] for c in races)
-    blame = incident.search_messages(text="roll back api-gateway", channel="incidents")
+    blame = incident.search_messages(query="roll back api-gateway", channel="incidents")
     assert blame["total"] == 1
     assert incident.get_ticket("inc-4812")["status"] == "open"
 

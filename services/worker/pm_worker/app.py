@@ -26,6 +26,7 @@ from pm_worker.llm.fallback import OpenAICompatibleProvider
 from pm_worker.llm.loop import AgentLoop, Fallback, LoopSettings
 from pm_worker.llm.protocol import ModelProvider
 from pm_worker.llm.roles import LLMSetup
+from pm_worker.rules.reasoner import ContextSources
 from pm_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ async def build(settings: WorkerSettings, ctx: BuildContext) -> AsyncIterator[Se
             candidates_per_iteration=settings.rule_candidates_per_iteration,
             llm=await _llm(settings, secrets, stack),
             metrics=ctx.metrics.registry,
+            sources=ContextSources(
+                ticket_arguments=settings.context_ticket_arguments, chat_arguments=settings.context_chat_arguments
+            ),
         )
         executor.subscribe()
         yield ServiceRuntime(registrations=[], probes=probes, background=[bus.run])

@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,7 @@ from pm_worker.llm.conclude import RegistryTools
 from pm_worker.llm.loop import LoopResult
 from pm_worker.llm.protocol import AnswerMissing, ProviderRejected, StructuredOutputInvalid
 from pm_worker.llm.roles import LLMSetup, run_llm_role
-from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION
+from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION, ContextSources
 from pm_worker.rules.steps import StepInputError, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 from pm_worker.similar import hypothesis_context, knowledge_context
@@ -81,6 +82,7 @@ class StepExecutor:
         llm: LLMSetup | None = None,
         metrics: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        sources: ContextSources | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -91,6 +93,8 @@ class StepExecutor:
         self._tool_timeout = tool_timeout_seconds
         self._concurrency = concurrency
         self._per_iteration = candidates_per_iteration
+        # The tool arguments of GATHER's context part (the ticket and chat of each task are its own).
+        self._sources = sources or ContextSources()
         self._llm = llm
         # Declared even without an LLM, so dashboards and alerts find the families (empty).
         self._llm_metrics = LLMMetrics(metrics)
@@ -174,7 +178,9 @@ class StepExecutor:
                 timeout_seconds=self._tool_timeout,
             )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
-            state, output = await run_role(tools, task.agent_role, states, per_iteration=self._per_iteration)
+            state, output = await run_role(
+                tools, task.agent_role, states, per_iteration=self._per_iteration, sources=self._context(inputs)
+            )
             if "similar_incidents" in inputs:
                 # What HYPOTHESIZE was given of similar past incidents, or why it abstained.
                 output = {**output, "similar_incidents": hypothesis_context(inputs["similar_incidents"])}
@@ -232,6 +238,15 @@ class StepExecutor:
             extra={"investigation_id": task.investigation_id, "step_id": task.step_id, "error": result.error},
         )
         return result
+
+    def _context(self, inputs: Mapping[str, Any]) -> ContextSources:
+        """Where this task's GATHER context part looks: the orchestrator names the ticket and channel."""
+        given = inputs.get("context")
+        if not isinstance(given, Mapping):
+            return self._sources
+        return replace(
+            self._sources, ticket_id=str(given.get("ticket_id") or ""), channel=str(given.get("channel") or "")
+        )
 
     async def _reason(
         self,

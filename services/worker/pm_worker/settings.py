@@ -5,7 +5,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from pm_settings import ObjectStoreSettings, RedisSettings, RegistryClientSettings, ServiceSettings
+from pm_settings import (
+    ObjectStoreSettings,
+    RedisSettings,
+    RegistryClientSettings,
+    ServiceSettings,
+    argument_templates,
+)
 from pm_worker.llm.modes import DEFAULT_MODE_ROLES, DEFAULT_ROLE_LIMITS, mode_roles, role_limits
 
 
@@ -51,6 +57,22 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     llm_role_limits: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {role: dict(limits) for role, limits in DEFAULT_ROLE_LIMITS.items()}
     )
+
+    # GATHER's context part: the arguments of the `tickets.get` tool (over {ticket_id}; only ids
+    # that look like issue keys are looked up) and of the `comms.search` tool (over {service}, the
+    # alerted service, and {channel}, the chat channel the investigation was asked from).
+    context_ticket_arguments: dict[str, str] = Field(default_factory=lambda: {"issue_key": "{ticket_id}"})
+    context_chat_arguments: dict[str, str] = Field(default_factory=lambda: {"query": "{service}"})
+
+    @field_validator("context_ticket_arguments", mode="before")
+    @classmethod
+    def _ticket_arguments(cls, value: Any) -> dict[str, str]:
+        return argument_templates(value, ("ticket_id",), required=True)
+
+    @field_validator("context_chat_arguments", mode="before")
+    @classmethod
+    def _chat_arguments(cls, value: Any) -> dict[str, str]:
+        return argument_templates(value, ("service", "channel"), required=True)
 
     @field_validator("llm_mode_roles", mode="before")
     @classmethod

@@ -30,7 +30,8 @@ STATUS_WEIGHT = {"verified": 10.0, "unverified": 0.0, "rejected": -10.0}
 
 
 def notes_of(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The LLM notes the input states carry (the triage, verifications joined, the latest hypotheses)."""
+    """The LLM notes the input states carry (the triage, the ticket and chat context, verifications
+    joined, the latest hypotheses)."""
     notes: dict[str, Any] = {}
     for state in states:
         found = state.get(NOTES_KEY)
@@ -38,6 +39,8 @@ def notes_of(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         if isinstance(found.get("triage"), Mapping):
             notes["triage"] = dict(found["triage"])
+        if isinstance(found.get("context"), Mapping):
+            notes["context"] = dict(found["context"])
         if isinstance(found.get("hypotheses"), Mapping):
             notes["hypotheses"] = dict(found["hypotheses"])
         if isinstance(found.get("verification"), Mapping):

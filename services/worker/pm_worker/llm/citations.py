@@ -9,7 +9,8 @@ ignored. The same rule holds for HYPOTHESIZE (a hypothesis left without
 evidence is dropped; a changed failure order left without evidence is ignored) and VERIFY (a
 pass or fail citing nothing real is dropped; an `unknown` may cite nothing; a hypothesis left
 without checks is dropped, a `verified` one left without a passing check becomes `unverified`,
-and `converged` without a verified hypothesis becomes false).
+and `converged` without a verified hypothesis becomes false). GATHER's context: a fact citing
+nothing real is dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pm_worker.llm.schemas import (
     CULPRIT_VERDICTS,
     Check,
     ChecklistItem,
+    Context,
     Evidence,
     Findings,
     Hypotheses,
@@ -225,3 +227,21 @@ def review_triage(answer: Triage, known_call_ids: Collection[str]) -> TriageRevi
         update["onset"] = None
     cleaned = Triage.model_validate(answer.model_copy(update=update).model_dump())
     return TriageReview(cleaned, len(rejected), tuple(rejected), tuple(ignored))
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReview:
+    """GATHER's context answer with the facts that cite nothing real removed."""
+
+    answer: Context
+    rejected: int
+    rejected_claims: tuple[str, ...] = ()
+
+
+def review_context(answer: Context, known_call_ids: Collection[str]) -> ContextReview:
+    """Drop every fact citing no call or a call this investigation did not make."""
+    known = frozenset(known_call_ids)
+    kept = [fact for fact in answer.facts if _supported(fact.call_ids, known)]
+    rejected = [f"context: {fact.claim}" for fact in answer.facts if fact not in kept]
+    cleaned = Context.model_validate(answer.model_copy(update={"facts": kept}).model_dump())
+    return ContextReview(cleaned, len(rejected), tuple(rejected))

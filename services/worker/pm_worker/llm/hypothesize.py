@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pm_worker.llm import gather_context
 from pm_worker.llm.case_view import (
     MAX_CANDIDATES,
     add_candidate,
@@ -63,6 +64,7 @@ def context(
         ],
         "other_changes": other_changes(case),
         **({"triage_agent": triage} if (triage := triage_notes(notes)) else {}),
+        **({"reported_context": said} if (said := gather_context.reported(case, notes)) else {}),
         **({"similar_past_incidents": list(similar)} if similar else {}),
         **({"known_issues": list(known)} if known else {}),
     }
@@ -71,6 +73,8 @@ def context(
         " window, those it would verify next first (`rule_proposed`); `other_changes` are the remaining"
         " deploys, commits and flag changes; `triage_agent`, when present, is what the triage agent saw"
         " first (its first failing service is a candidate the gathered facts may overturn);"
+        " `reported_context`, when present, is what the ticket and chat say (people's reports,"
+        " suspicions and actions: leads to check against the telemetry, never evidence by themselves);"
         " `similar_past_incidents`, when present, are earlier incidents and their verdicts, and"
         " `known_issues`, when present, are what people confirmed about these services (both leads,"
         " never evidence: they cite no call of this investigation). Rank the causes yourself;"

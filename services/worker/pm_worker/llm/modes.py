@@ -5,7 +5,8 @@ tier, whose model id the worker's settings name (LLM_MODEL_FAST, LLM_MODEL_BALAN
 LLM_MODEL_DEEP); a role the mode does not list runs the rule reasoner. By default:
 
 - fast: the rule reasoner everywhere, then one LLM pass (RECOMMEND) on the cheap tier;
-- balanced: the LLM hypothesizes, verifies and concludes on the balanced tier;
+- balanced: the LLM hypothesizes, verifies and concludes on the balanced tier, and reads the
+  ticket and chat (GATHER's context part) on the cheap tier: extraction, not reasoning;
 - deep: the LLM also triages (after the rule reasoner's triage), all on the deep tier (and the
   engine allows more hypothesis iterations).
 
@@ -18,15 +19,16 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("fast", "balanced", "deep")
-# The roles an LLM can run; gather stays with the rule reasoner (cheap and cited).
-LLM_ROLES = ("triage", "hypothesize", "verify", "recommend")
+# The roles an LLM can run. Of GATHER, only the context part: logs, metrics, traces and changes are
+# collected by the rule reasoner (cheap, complete and cited); what people wrote needs reading.
+LLM_ROLES = ("triage", "gather.context", "hypothesize", "verify", "recommend")
 LIMIT_NAMES = ("max_turns", "max_tokens")
 LIMIT_RANGES = {"max_turns": (1, 100), "max_tokens": (256, 64_000)}
 
 DEFAULT_MODE_ROLES: Mapping[str, Mapping[str, str]] = {
     "fast": {"recommend": "fast"},
-    "balanced": {"hypothesize": "balanced", "verify": "balanced", "recommend": "balanced"},
-    "deep": {"triage": "deep", "hypothesize": "deep", "verify": "deep", "recommend": "deep"},
+    "balanced": {"gather.context": "fast", "hypothesize": "balanced", "verify": "balanced", "recommend": "balanced"},
+    "deep": {"triage": "deep", "gather.context": "deep", "hypothesize": "deep", "verify": "deep", "recommend": "deep"},
 }
 # Roles not listed use LLM_MAX_TURNS and LLM_MAX_TOKENS. A ranked list of hypotheses, or a
 # checklist for several, needs more room for its answer than a verdict.

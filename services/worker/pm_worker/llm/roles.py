@@ -7,6 +7,9 @@ then reasons over that state and its answer becomes the step's state and output:
 - triage (`triage.py`) submits `Triage`: the symptom, its severity, the affected services, a first
   failing service candidate and, when the evidence shows another, the onset (GATHER's window moves
   with it), each change cited; the services to gather for.
+- gather.context (`gather_context.py`) submits `Context`: what the ticket and chat say, as
+  attributed and cited facts, and the suspects people named: leads for the hypothesis agent,
+  never evidence.
 - hypothesize (`hypothesize.py`) submits `Hypotheses`: a ranked list, each with its mechanism,
   cited evidence and what would falsify it. It changes the failure order (when it shows another),
   the candidates, and which of them VERIFY reads next.
@@ -24,7 +27,8 @@ report lists under Gaps).
 A provider failure (after the fallback) fails a TRIAGE, HYPOTHESIZE or VERIFY step like any other
 dependency failure: the engine retries it, and then writes its partial report. RECOMMEND keeps its
 recorded policy: the rule reasoner's conclusion stands, and the report says the LLM was
-unavailable.
+unavailable. GATHER's context part does the same: the ticket and chat stay as the rules found
+them, and the report says no model read them.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pm_worker.llm import hypothesize, triage, verify
+from pm_worker.llm import gather_context, hypothesize, triage, verify
 from pm_worker.llm.case_view import NOTES_KEY, notes_of
-from pm_worker.llm.citations import review_hypotheses, review_triage, review_verification
+from pm_worker.llm.citations import review_context, review_hypotheses, review_triage, review_verification
 from pm_worker.llm.conclude import case_call_ids, conclude_with_llm
 from pm_worker.llm.loop import AgentLoop, LoopResult, Step
 from pm_worker.llm.modes import DEFAULT_MODE_ROLES, DEFAULT_ROLE_LIMITS
 from pm_worker.llm.prompts import Prompt, load_prompt
-from pm_worker.llm.protocol import RoleTools
-from pm_worker.llm.schemas import Hypotheses, Triage, Verification
+from pm_worker.llm.protocol import ProviderUnavailable, RoleTools
+from pm_worker.llm.schemas import Context, Hypotheses, Triage, Verification
 from pm_worker.rules.reasoner import Case
 from pm_worker.rules.steps import dump_case, load_case
 
@@ -114,6 +118,8 @@ async def run_llm_role(
     notes = notes_of(inputs)
     if assignment.role == "triage":
         return await _triage(assignment, tools, notes, state, output)
+    if assignment.role == "gather.context":
+        return await _gather_context(assignment, tools, notes, state, output)
     if assignment.role == "hypothesize":
         return await _hypothesize(assignment, tools, notes, state, output, per_iteration)
     if assignment.role == "verify":
@@ -201,6 +207,40 @@ async def _triage(
         **_meta(assignment, prompt, result, review.rejected),
     }
     return LLMStep(_state(case, notes), summary, result)
+
+
+async def _gather_context(
+    assignment: Assignment,
+    tools: RoleTools,
+    notes: Mapping[str, Any],
+    state: dict[str, Any],
+    output: dict[str, Any],
+) -> LLMStep:
+    case = load_case(state)
+    if not gather_context.has_context(case):
+        # No ticket was read and no chat message names the service: nothing for a model to read.
+        skipped = {**output, "llm_skipped": "no ticket or chat message was found"}
+        return LLMStep(_state(case, notes), skipped)
+    prompt = load_prompt("gather")
+    known = case_call_ids(case)
+    try:
+        result = await _ask(assignment, tools, prompt, gather_context.context(case, notes), Context)
+    except ProviderUnavailable as exc:
+        # The ticket and chat are optional reading: an outage leaves them as the rules found them
+        # (the hypothesis agent still reads those) instead of failing the investigation.
+        case.problems.append(f"gather.context: LLM unavailable ({exc.message}); the ticket and chat were not read")
+        return LLMStep(_state(case, notes), {**output, "llm_unavailable": exc.message})
+    review = review_context(result.output, known | set(result.call_ids))
+    _note_problems(case, "gather.context", review.rejected, (), ())
+    reported = gather_context.notes(review)
+    summary = {
+        **output,
+        "summary": reported["summary"],
+        "facts": len(reported["facts"]),
+        "suspects": reported["suspects"],
+        **_meta(assignment, prompt, result, review.rejected),
+    }
+    return LLMStep(_state(case, {**notes, "context": reported}), summary, result)
 
 
 async def _hypothesize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,15 @@ from pm_sandbox.data import Incident, QueryError, load_incident
 from pm_sandbox.server import TOOL_CAPABILITIES
 from pm_settings import SettingsError, load_settings
 from pm_testing.fake_llm import FakeLLM, Reply, message, overloaded, running_fake_llm, tool_use
-from pm_worker.llm import hypothesize, verify
+from pm_worker.llm import gather_context, hypothesize, verify
 from pm_worker.llm.anthropic_api import AnthropicProvider
-from pm_worker.llm.case_view import NOTES_KEY
+from pm_worker.llm.case_view import NOTES_KEY, notes_of
 from pm_worker.llm.citations import review_verification
 from pm_worker.llm.loop import AgentLoop, LoopSettings
 from pm_worker.llm.protocol import ProviderUnavailable, ToolResult, ToolSpec
 from pm_worker.llm.roles import Assignment, LLMSetup, run_llm_role
 from pm_worker.llm.schemas import Verification
-from pm_worker.rules.reasoner import Candidate, Case, Check
+from pm_worker.rules.reasoner import Candidate, Case, Check, ContextSources
 from pm_worker.rules.signals import parse_time
 from pm_worker.rules.steps import ROLE_CAPABILITIES, dump_case, load_case, run_role
 from pm_worker.rules.toolbox import Answer
@@ -435,21 +436,24 @@ def test_each_mode_gives_the_llm_its_roles_on_its_tier_within_each_roles_limits(
     plan = {
         mode: {
             role: (a.model, a.loop.settings.max_turns, a.loop.settings.max_tokens)
-            for role in ("triage", "gather.logs", "hypothesize", "verify", "recommend")
+            for role in ("triage", "gather.logs", "gather.context", "hypothesize", "verify", "recommend")
             if (a := setup.assignment(mode, role)) is not None
         }
         for mode in ("fast", "balanced", "deep", "")
     }
 
     assert plan["fast"] == {"recommend": ("cheap-model", 12, 4096)}
+    # Balanced reads the ticket and chat on the cheap tier: extraction, not reasoning.
     assert plan["balanced"] == {
+        "gather.context": ("cheap-model", 12, 4096),
         "hypothesize": ("mid-model", 8, 8192),
         "verify": ("mid-model", 16, 8192),
         "recommend": ("mid-model", 12, 4096),
     }
-    # Deep mode also triages with the model (within the default limits); gather stays with the rules.
+    # Deep mode also triages with the model (within the default limits); of GATHER, only the
+    # context part is the model's: logs, metrics, traces and changes stay with the rules.
     assert {role: model for role, (model, _, _) in plan["deep"].items()} == dict.fromkeys(
-        ("triage", "hypothesize", "verify", "recommend"), "big-model"
+        ("triage", "gather.context", "hypothesize", "verify", "recommend"), "big-model"
     )
     assert plan["deep"]["triage"] == ("big-model", 12, 4096)
     assert plan[""] == plan["balanced"]  # a task without a mode runs as balanced
@@ -600,3 +604,167 @@ async def test_an_uncited_or_implausible_triage_change_is_ignored_and_the_rule_t
     # GATHER searches the rule reasoner's window.
     await run_role(tools, "gather.traces", [step.state])
     assert tools.calls[-1][2]["start"] == "2026-03-17T03:50:00Z"
+
+
+# --- GATHER's context part -----------------------------------------------------------------
+
+
+def _context_reads_chat(body: dict[str, Any]) -> Reply:
+    context = context_of(body)
+    assert [t["key"] for t in context["tickets"]] == ["INC-4812"]
+    assert context["ticket_call_ids"] == ["call-3"]
+    assert context["chat_call_ids"] == ["call-4"]
+    assert any("roll back api-gateway" in m["text"] for m in context["messages"])
+    # The chat search named only the alerted service; the model looks for what people said of payments.
+    return message(tool_use("search_messages", {"query": "payments"}))
+
+
+def _context_answer(body: dict[str, Any]) -> Reply:
+    answer = {
+        "summary": "The incident commander blames the api-gateway deploy; the DBA sees idle-in-transaction"
+        " sessions on payments-db and advises against failover.",
+        "facts": [
+            {
+                "kind": "change",
+                "claim": "deploy-bot in #deploys: api-gateway v2026.03.17-0946 (b6a52c92) rolled out at 09:47",
+                "at": "2026-03-17T09:47:40Z",
+                "services": ["api-gateway"],
+                "refs": ["b6a52c92"],
+                "call_ids": ["call-4"],
+            },
+            {
+                "kind": "report",
+                "claim": "olga.dba in #incidents: most payments sessions are idle in transaction for seconds",
+                "at": "2026-03-17T10:07:20Z",
+                "services": ["payments", "payments-db"],
+                "call_ids": ["call-5"],
+            },
+            {
+                "kind": "action",
+                "claim": "someone restarted ledger at 09:55",
+                "services": ["ledger"],
+                "call_ids": ["call-99"],
+            },
+        ],
+        "suspects": ["b6a52c92", "checkout_express_pay"],
+    }
+    return message(tool_use("submit", answer), input_tokens=3000, output_tokens=400)
+
+
+async def _context_state(tools: ScenarioTools, ticket_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    triage, _ = await run_role(tools, "triage", [])
+    return await run_role(tools, "gather.context", [triage], sources=ContextSources(ticket_id=ticket_id))
+
+
+async def test_the_context_agent_records_what_people_said_as_cited_leads_for_the_hypothesis_agent(
+    llm: FakeLLM, loop: AgentLoop
+) -> None:
+    tools = ScenarioTools(load_incident(SCENARIO))
+    state, output = await _context_state(tools, "INC-4812")
+    llm.anthropic(_context_reads_chat, _context_answer)
+
+    step = await run_llm_role(
+        Assignment("gather.context", "fast", "cheap-model", loop),
+        tools.for_role("gather.context"),
+        [],
+        state,
+        output,
+        per_iteration=4,
+    )
+
+    # The model's own search was a real call of the role's tools.
+    assert tools.calls[-1][:2] == ("call-5", "search_messages")
+    notes = step.state[NOTES_KEY]["context"]
+    assert [f["kind"] for f in notes["facts"]] == ["change", "report"]
+    assert notes["facts"][0]["refs"] == ["b6a52c92"]
+    assert notes["suspects"] == ["b6a52c92", "checkout_express_pay"]
+    # The fact citing a call that never happened was removed and counted.
+    assert step.output["rejected_claims"] == 1
+    assert "ledger" not in json.dumps(notes["facts"])
+    assert (step.output["facts"], step.output["tier"], step.output["prompt_version"]) == (2, "fast", 2)
+    assert step.output["tickets"] == ["INC-4812"]  # the rule part's summary stays
+    # What people said is a lead, not evidence: neither the evidence nor the candidates change.
+    case = load_case(step.state)
+    assert not any("idle in transaction" in e.claim for e in case.evidence)
+
+    # The requests: the context prompt, the role's tools plus submit, the cheap model.
+    first, second = llm.bodies()
+    assert first["model"] == "cheap-model"
+    assert first["system"][0]["text"].startswith("You are the context agent")
+    assert {t["name"] for t in first["tools"]} == {"get_ticket", "search_messages", "submit"}
+    assert {"facts", "suspects", "summary"} <= set(first["tools"][-1]["input_schema"]["properties"])
+    assert "call_id: call-5" in json.dumps(second["messages"])
+
+    # The hypothesis agent reads the context agent's facts, whichever reasoner gathered the rest.
+    gathered = [(await run_role(tools, f"gather.{part}", [state]))[0] for part in ("logs", "metrics", "changes")]
+    hypothesis_state, _ = await run_role(tools, "hypothesize", [*gathered, step.state])
+    hypothesis_case = load_case(hypothesis_state)
+    text = hypothesize.context(hypothesis_case, notes_of([*gathered, step.state]), 2)
+    reported = json.loads(text.split("\n\n", 1)[1])["reported_context"]
+    assert reported["suspects"] == ["b6a52c92", "checkout_express_pay"]
+
+
+async def test_without_a_ticket_or_chat_message_the_context_agent_asks_no_model(
+    llm: FakeLLM, loop: AgentLoop, tmp_path: Path
+) -> None:
+    quiet = tmp_path / "quiet"
+    shutil.copytree(SCENARIO, quiet)
+    (quiet / "data" / "context" / "messages.json").write_text("[]")
+    tools = ScenarioTools(load_incident(quiet))
+    state, output = await _context_state(tools, "pagerduty:PXYZ123")
+
+    step = await run_llm_role(
+        Assignment("gather.context", "fast", "cheap-model", loop),
+        tools.for_role("gather.context"),
+        [],
+        state,
+        output,
+        per_iteration=4,
+    )
+
+    assert step.result is None
+    assert step.output["llm_skipped"] == "no ticket or chat message was found"
+    assert llm.bodies() == []
+    # Without the agent, the hypothesis agent gets nothing reported (there is nothing).
+    assert gather_context.reported(load_case(step.state), {}) is None
+
+
+def test_without_the_context_agent_the_hypothesis_agent_reads_the_ticket_and_chat_as_found() -> None:
+    case = Case(
+        tickets=[{"key": "INC-1", "summary": "checkout down", "description": "x" * 5000}],
+        messages=[{"user": "kim", "text": "cart pool change went out"}],
+        calls={"ticket": ["call-7"], "chat": ["call-8"]},
+    )
+    reported = gather_context.reported(case, {})
+    assert reported is not None
+    assert reported["ticket_call_ids"] == ["call-7"]
+    assert reported["chat_call_ids"] == ["call-8"]
+    assert reported["tickets"][0]["description"].endswith("[cut]")
+    assert len(reported["tickets"][0]["description"]) < 2100
+
+
+async def test_a_provider_outage_leaves_the_ticket_and_chat_as_found_instead_of_failing_the_step(
+    llm: FakeLLM, loop: AgentLoop
+) -> None:
+    tools = ScenarioTools(load_incident(SCENARIO))
+    state, output = await _context_state(tools, "INC-4812")
+    llm.anthropic(overloaded(), overloaded(), overloaded())  # the first try and the SDK's two retries
+
+    step = await run_llm_role(
+        Assignment("gather.context", "fast", "cheap-model", loop),
+        tools.for_role("gather.context"),
+        [],
+        state,
+        output,
+        per_iteration=4,
+    )
+
+    assert step.result is None
+    assert "529" in step.output["llm_unavailable"]
+    case = load_case(step.state)
+    assert any(p.startswith("gather.context: LLM unavailable") for p in case.problems)
+    # The hypothesis agent still reads what the rules found.
+    reported = gather_context.reported(case, {})
+    assert reported is not None
+    assert [t["key"] for t in reported["tickets"]] == ["INC-4812"]
+    assert llm.unanswered() == 0

@@ -180,6 +180,44 @@ class Triage(_Model):
         return self
 
 
+# --- GATHER (context) ----------------------------------------------------------------------
+
+ContextKind = Literal["report", "timeline", "change", "action", "impact", "other"]
+
+
+class ContextFact(_Model):
+    """One thing the ticket or the chat says, as said: a lead, not a verified fact."""
+
+    kind: ContextKind = Field(
+        description="report: what someone observed; timeline: when something started or was noticed;"
+        " change: a deploy, commit, flag or config change someone names; action: what someone did"
+        " (rollback, restart, failover, scaling); impact: who or what is affected; other."
+    )
+    claim: str = Field(min_length=1, description="What the source says, attributed (who said it, where).")
+    at: AwareDatetime | None = Field(default=None, description="When it happened or was said, with a timezone.")
+    services: list[str] = Field(default_factory=list, max_length=10, description="The services it names.")
+    refs: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="The commit shas, flag names, versions or config keys it names, spelled as the source does.",
+    )
+    call_ids: list[str] = Field(min_length=1, description="The call_ids of the ticket or chat results it is read from.")
+
+
+class Context(_Model):
+    """GATHER's context answer: what the ticket and chat add to the telemetry."""
+
+    summary: str = Field(
+        default="", description="What people reported, suspected and did, in a few sentences; empty when nothing."
+    )
+    facts: list[ContextFact] = Field(default_factory=list, max_length=30, description="Oldest first.")
+    suspects: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="The changes or causes people suspect (refs or short names), to be verified like any other.",
+    )
+
+
 # --- HYPOTHESIZE ---------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Phases (each a method, so the orchestrator can run them as separate steps):
 
 - triage: read the alert; find when the alerted signal left its baseline (the onset).
 - gather: error logs and log patterns, every metric of every service, error traces, deploys,
-  commits and flag changes around the onset.
+  commits and flag changes around the onset; and what people said: the investigation's ticket
+  (when its id is an issue key) and chat messages naming the alerted service in that window.
 - hypothesize: the first failing service (earliest sustained departure; the alerted service on
   a tie), the blast radius (services departing after it), and candidate changes: every commit
   that went out with a deploy before the onset (a deploy ships the commits since that service's
@@ -30,9 +31,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pm_errors import Unavailable
+from pm_grpc.tool_results import ticket_field
 from pm_worker.rules.signals import (
     COSMETIC_FILES as _COSMETIC_FILES,
 )
@@ -62,12 +65,26 @@ PAGE = 200  # records per page of a paged query
 # Candidates verified per hypothesis iteration (each commit costs one diff): the rest wait for
 # the next iteration.
 CANDIDATES_PER_ITERATION = 4
-GATHER_PARTS = ("logs", "metrics", "traces", "changes")
+GATHER_PARTS = ("logs", "metrics", "traces", "changes", "context")
+MAX_MESSAGES = 50  # chat messages kept
+# An issue tracker key (Jira and the like): only such ticket ids are looked up.
+_ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 MAX_RECORDS = 5000  # records read per query at most
 _SHARED_DIRS = re.compile(r"^(pkg|lib|libs|shared|common|internal|platform|vendor)/")
 _CONFIG_FILE = re.compile(r"\.(ya?ml|json|toml|ini|env|properties|conf|cfg|tf|hcl)$")
 _TRAFFIC = re.compile(r"(request|rps|qps|throughput|traffic|arrival|sessions|users)", re.IGNORECASE)
 _SATURATION = re.compile(r"(cpu|memory|mem_|heap|disk_used|saturation|utili[sz]ation|load)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSources:
+    """Where GATHER's context part looks: the investigation's ticket and chat, and the arguments
+    of the `tickets.get` and `comms.search` tools as templates ({ticket_id}; {service}, {channel})."""
+
+    ticket_id: str = ""
+    channel: str = ""  # the chat channel the investigation was asked from, if any
+    ticket_arguments: Mapping[str, str] = field(default_factory=lambda: {"issue_key": "{ticket_id}"})
+    chat_arguments: Mapping[str, str] = field(default_factory=lambda: {"query": "{service}"})
 
 
 class NoAlert(ValueError):
@@ -138,6 +155,8 @@ class Case:
     deploys: list[dict[str, Any]] = field(default_factory=list)
     commits: list[dict[str, Any]] = field(default_factory=list)
     flags: list[dict[str, Any]] = field(default_factory=list)
+    tickets: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     first_failing: str = ""
     blast_radius: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -170,11 +189,18 @@ class Case:
 class RuleReasoner:
     """Runs the playbooks against a ToolBox."""
 
-    def __init__(self, tools: ToolBox, *, per_iteration: int = CANDIDATES_PER_ITERATION) -> None:
+    def __init__(
+        self,
+        tools: ToolBox,
+        *,
+        per_iteration: int = CANDIDATES_PER_ITERATION,
+        sources: ContextSources | None = None,
+    ) -> None:
         if per_iteration < 1:
             raise ValueError(f"per_iteration must be >= 1, got {per_iteration}")
         self._tools = tools
         self._per_iteration = per_iteration
+        self._sources = sources or ContextSources()
 
     async def investigate(self, max_iterations: int = 3) -> dict[str, Any]:
         """All phases, HYPOTHESIZE ⇄ VERIFY at most `max_iterations` times; returns the findings
@@ -227,7 +253,7 @@ class RuleReasoner:
     # -- gather -----------------------------------------------------------------------------
 
     async def gather(self, case: Case) -> None:
-        """All four gathering parts (the orchestrator runs them as parallel steps instead)."""
+        """Every gathering part (the orchestrator runs them as parallel steps instead)."""
         for part in GATHER_PARTS:
             await self.gather_part(case, part)
 
@@ -266,8 +292,65 @@ class RuleReasoner:
             flags = await self._tools.call("flags.changes", {"start": start, "end": end})
             case.cite("flags", flags)
             case.flags = list(flags.data.get("items", []))
+        elif part == "context":
+            await self._context(case, start, end)
         else:
             raise ValueError(f"unknown gather part {part!r}; expected one of {', '.join(GATHER_PARTS)}")
+
+    async def _context(self, case: Case, start: str, end: str) -> None:
+        """The ticket (when its id is an issue key) and the chat messages naming the alerted service
+        in the window. Both are optional sources: a deployment without a ticket or chat server
+        gets a gap in the report, not a failed step."""
+        sources = self._sources
+        ticket_id = sources.ticket_id.strip()
+        if _ISSUE_KEY.match(ticket_id):
+            arguments = {k: v.format(ticket_id=ticket_id) for k, v in sources.ticket_arguments.items()}
+            answer = await self._optional(case, "tickets.get", arguments, topic="ticket")
+            if answer is not None and answer.ok:
+                ticket = dict(answer.data)
+                case.tickets = [ticket]
+                summary, status = ticket_field(ticket, "summary") or "?", ticket_field(ticket, "status") or "?"
+                case.evidence.append(Evidence(f"ticket {ticket_id}: {summary!r} ({status})", [answer.call_id]))
+        service = str(case.alert.get("service", ""))
+        needs_channel = any("{channel}" in template for template in sources.chat_arguments.values())
+        if not service or (needs_channel and not sources.channel):
+            return  # nothing to search for, or a search within the asking channel with none given
+        values = {"service": service, "channel": sources.channel}
+        arguments = {k: v.format(**values) for k, v in sources.chat_arguments.items()}
+        answer = await self._optional(case, "comms.search", arguments, topic="chat")
+        if answer is None or not answer.ok:
+            return
+        since, until = parse_time(start), parse_time(end)
+        messages = []
+        for message in answer.data.get("items", answer.data.get("messages", [])):
+            if not isinstance(message, Mapping):
+                continue
+            at = _message_time(message)
+            if at is None or since <= at <= until:
+                messages.append(dict(message))
+        case.messages = messages[:MAX_MESSAGES]
+        if case.messages:
+            first = case.messages[0]
+            at = _message_time(first)
+            case.evidence.append(
+                Evidence(
+                    f"{len(case.messages)} chat message(s) in the window name {service}; the first"
+                    f"{' at ' + iso(at) if at else ''}: {str(first.get('text', ''))[:200]!r}",
+                    [answer.call_id],
+                )
+            )
+
+    async def _optional(
+        self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str
+    ) -> Answer | None:
+        """A call to a source the investigation can do without (None: no server offers it)."""
+        try:
+            answer = await self._tools.call(capability, arguments)
+        except Unavailable as exc:
+            case.problems.append(f"context: {exc}; {topic} not read")
+            return None
+        case.cite(topic, answer)
+        return answer
 
     async def _all(
         self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str
@@ -744,6 +827,21 @@ def _prior(case: Case, candidate: Candidate, clues: _Clues) -> float:
         - 3.0 * cosmetic
         + 0.5 * math.exp(-gap / 3600)
     )
+
+
+def _message_time(message: Mapping[str, Any]) -> datetime | None:
+    """When a chat message was posted: an ISO time or a Slack epoch `ts`; None when unreadable."""
+    value = message.get("timestamp") or message.get("ts")
+    if value is None:
+        return None
+    try:
+        at = parse_time(str(value))
+    except ValueError:
+        try:
+            return datetime.fromtimestamp(float(str(value)), tz=UTC)
+        except (ValueError, OverflowError):
+            return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _metric_calls(case: Case, service: str) -> list[str]:

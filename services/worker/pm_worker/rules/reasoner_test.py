@@ -11,14 +11,16 @@ import itertools
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pm_errors import Unavailable
 from pm_sandbox.data import Incident, QueryError, load_incident
 from pm_sandbox.server import TOOL_CAPABILITIES
-from pm_worker.rules.reasoner import Case, RuleReasoner
+from pm_worker.rules.reasoner import Case, ContextSources, RuleReasoner
 from pm_worker.rules.steps import dump_case, load_case, run_role
 from pm_worker.rules.toolbox import Answer
 
@@ -170,3 +172,79 @@ async def test_recommend_on_an_earlier_state_concludes_what_it_can() -> None:
 def test_a_reasoner_needs_at_least_one_candidate_per_iteration() -> None:
     with pytest.raises(ValueError, match="per_iteration"):
         RuleReasoner(LocalTools(load_incident(SCENARIO)), per_iteration=0)
+
+
+# --- GATHER's context part --------------------------------------------------------------------
+
+
+async def _context(tools: Any, sources: ContextSources) -> tuple[Case, dict[str, Any]]:
+    triage, _ = await run_role(tools, "triage", [])
+    state, output = await run_role(tools, "gather.context", [triage], sources=sources)
+    return load_case(state), output
+
+
+async def test_the_context_part_reads_the_ticket_and_the_chat_naming_the_alerted_service_in_the_window() -> None:
+    tools = LocalTools(load_incident(SCENARIO))
+    case, output = await _context(tools, ContextSources(ticket_id="INC-4812"))
+
+    (ticket_call, _, ticket_args), (chat_call, _, chat_args) = tools.calls[-2:]
+    assert (tools.calls[-2][1], ticket_args) == ("get_ticket", {"issue_key": "INC-4812"})
+    assert (tools.calls[-1][1], chat_args) == ("search_messages", {"query": "api-gateway"})
+    assert [t["key"] for t in case.tickets] == ["INC-4812"]
+    # The gateway's deploy announcement, the firing alert and the rollback call name the service;
+    # nothing outside the window (six hours before the onset to 15 minutes after the alert).
+    texts = [m["text"] for m in case.messages]
+    assert any("roll back api-gateway" in t for t in texts)
+    assert any(t.startswith("api-gateway v2026.03.17-0946") for t in texts)
+    assert all("api-gateway" in t.lower() for t in texts)
+    assert (case.calls["ticket"], case.calls["chat"]) == ([ticket_call], [chat_call])
+    claims = {e.claim: e.call_ids for e in case.evidence}
+    ticket_claim = next(c for c in claims if c.startswith("ticket INC-4812:"))
+    assert "customers cannot complete checkout" in ticket_claim
+    assert ticket_claim.endswith("(open)")
+    assert claims[ticket_claim] == [ticket_call]
+    assert any(c.startswith(f"{len(texts)} chat message(s) in the window name api-gateway") for c in claims)
+    assert (output["tickets"], output["messages"]) == (["INC-4812"], len(texts))
+    # The state carries both to the next steps.
+    again = load_case(dump_case(case))
+    assert (again.tickets, again.messages) == (case.tickets, case.messages)
+
+
+async def test_the_context_part_looks_up_issue_keys_only_and_names_what_it_could_not_read(tmp_path: Path) -> None:
+    tools = LocalTools(load_incident(SCENARIO))
+    # A PagerDuty incident id is not an issue key: no ticket lookup.
+    case, _ = await _context(tools, ContextSources(ticket_id="pagerduty:PXYZ123"))
+    assert [tool for _, tool, _ in tools.calls].count("get_ticket") == 0
+    assert case.tickets == []
+    assert case.messages
+
+    # A key the tracker does not know is a gap the report names, not a failed step.
+    tools = LocalTools(load_incident(SCENARIO))
+    case, _ = await _context(tools, ContextSources(ticket_id="SHOP-1"))
+    assert case.tickets == []
+    assert any("no ticket 'SHOP-1'" in p for p in case.problems)
+
+    # A search within the asking channel needs a channel: without one, chat is not searched.
+    tools = LocalTools(load_incident(SCENARIO))
+    sources = ContextSources(chat_arguments={"query": "{service}", "channel": "{channel}"})
+    case, _ = await _context(tools, sources)
+    assert "search_messages" not in [tool for _, tool, _ in tools.calls]
+    tools = LocalTools(load_incident(SCENARIO))
+    case, _ = await _context(tools, replace(sources, channel="deploys"))
+    assert tools.calls[-1][2] == {"query": "api-gateway", "channel": "deploys"}
+    assert case.messages
+    assert all(m["channel"] == "deploys" for m in case.messages)
+
+
+async def test_without_a_server_for_tickets_or_chat_the_context_part_records_the_gap() -> None:
+    class NoContextServers(LocalTools):
+        async def call(self, capability: str, arguments: Mapping[str, Any]) -> Answer:
+            if capability in ("tickets.get", "comms.search"):
+                raise Unavailable(f"no connected MCP server offers {capability} yet")
+            return await super().call(capability, arguments)
+
+    case, output = await _context(NoContextServers(load_incident(SCENARIO)), ContextSources(ticket_id="INC-4812"))
+    assert (case.tickets, case.messages) == ([], [])
+    assert any(p.startswith("context: no connected MCP server offers tickets.get") for p in case.problems)
+    assert any("comms.search" in p and p.endswith("chat not read") for p in case.problems)
+    assert output["part"] == "context"

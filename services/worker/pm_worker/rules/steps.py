@@ -8,8 +8,8 @@ stored in S3 and read back by another worker.
 | role | phase | needs |
 |---|---|---|
 | `triage` | TRIAGE | nothing |
-| `gather.logs`, `gather.metrics`, `gather.traces`, `gather.changes` | GATHER | the triage state |
-| `hypothesize` | HYPOTHESIZE | the four gather states (merged); in later iterations, the last verify state |
+| `gather.logs`, `gather.metrics`, `gather.traces`, `gather.changes`, `gather.context` | GATHER | the triage state |
+| `hypothesize` | HYPOTHESIZE | the gather states (merged); in later iterations, the last verify state |
 | `verify` | VERIFY | the hypothesize state; its output says `again: true` when another iteration could settle it |
 | `recommend` | RECOMMEND | the verify state; its output holds the findings |
 
@@ -32,6 +32,7 @@ from pm_worker.rules.reasoner import (
     Candidate,
     Case,
     Check,
+    ContextSources,
     Evidence,
     NoAlert,
     RuleReasoner,
@@ -47,6 +48,8 @@ ROLE_CAPABILITIES = {
     "gather.metrics": ("metrics.query",),
     "gather.traces": ("traces.search",),
     "gather.changes": ("changes.deploys", "changes.commits", "flags.changes"),
+    # Optional sources: without a server offering them the report names the gap.
+    "gather.context": ("tickets.get", "comms.search"),
     # The LLM's HYPOTHESIZE may look up what the gathered state lacks (the rule reasoner's calls none).
     "hypothesize": (
         "logs.search",
@@ -151,6 +154,8 @@ def dump_case(case: Case) -> dict[str, Any]:
         "deploys": case.deploys,
         "commits": case.commits,
         "flags": case.flags,
+        "tickets": case.tickets,
+        "messages": case.messages,
         "first_failing": case.first_failing,
         "blast_radius": case.blast_radius,
         "candidates": [
@@ -199,6 +204,8 @@ def load_case(data: Mapping[str, Any]) -> Case:
             deploys=list(data.get("deploys") or []),
             commits=list(data.get("commits") or []),
             flags=list(data.get("flags") or []),
+            tickets=list(data.get("tickets") or []),
+            messages=list(data.get("messages") or []),
             first_failing=str(data.get("first_failing") or ""),
             blast_radius=list(data.get("blast_radius") or []),
             operational=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("operational") or []],
@@ -261,11 +268,13 @@ async def run_role(
     states: Sequence[Mapping[str, Any]],
     *,
     per_iteration: int = CANDIDATES_PER_ITERATION,
+    sources: ContextSources | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run one role on the previous state(s); returns (new state, summary output)."""
+    """Run one role on the previous state(s); returns (new state, summary output). `sources`: where
+    `gather.context` looks (the investigation's ticket and chat)."""
     if role not in ROLES:
         raise StepInputError(f"unknown rule-reasoner role {role!r}; expected one of {', '.join(ROLES)}")
-    reasoner = RuleReasoner(tools, per_iteration=per_iteration)
+    reasoner = RuleReasoner(tools, per_iteration=per_iteration, sources=sources)
     summary: dict[str, Any]
     if role == "triage":
         case = Case()
@@ -279,6 +288,8 @@ async def run_role(
         part = role.removeprefix("gather.")
         await reasoner.gather_part(case, part)
         summary = {"part": part, "calls": sum(len(v) for v in case.calls.values()), "problems": case.problems}
+        if part == "context":
+            summary |= {"tickets": [t.get("key", "") for t in case.tickets], "messages": len(case.messages)}
     elif role == "hypothesize":
         case = merge([load_case(s) for s in states])
         if case.iteration:  # a later iteration: the previous verify state
