@@ -8,8 +8,9 @@ and metrics again through the role's tools (other services' metrics, a wider win
 - a different onset, only with cited evidence and within `MAX_ONSET_LEAD` before the alert fired
   (GATHER's search window is anchored on it);
 - a first failing service candidate and the affected services (blast radius), only with cited
-  evidence; the rule HYPOTHESIZE recomputes the failure order from everything gathered, so the
-  candidate also rides along in the notes for the hypothesis agent;
+  evidence; the rule HYPOTHESIZE recomputes the failure order from everything gathered and keeps
+  the candidate where the gathered facts tie (or show no departure at all), and says so where
+  they overturn it; the candidate also rides along in the notes for the hypothesis agent;
 - the symptom, severity and the services to gather for, in the notes and the step output;
 - the cited evidence, in the state's evidence.
 """
@@ -97,6 +98,8 @@ def apply(case: Case, review: TriageReview) -> Applied:
             case.onset = at
             onset_changed = True
             _add(case, answer.onset_evidence)
+    if answer.first_failing_service:  # cited: review_triage cleared an uncited one
+        case.triage_first_failing = answer.first_failing_service
     first_changed = bool(answer.first_failing_service) and answer.first_failing_service != case.first_failing
     if first_changed:
         case.first_failing = answer.first_failing_service

@@ -158,6 +158,9 @@ class Case:
     tickets: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     first_failing: str = ""
+    # The triage agent's first failing service, when it cited evidence for one: HYPOTHESIZE's
+    # pick within a tie, and when nothing departs; the gathered facts overturn it otherwise.
+    triage_first_failing: str = ""
     blast_radius: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     operational: list[Evidence] = field(default_factory=list)
@@ -421,14 +424,16 @@ class RuleReasoner:
         for service, at in case.error_onsets.items():
             starts[service] = min(at, starts.get(service, at))
         alerted = str(case.alert.get("service", ""))
+        lead = case.triage_first_failing
         if starts:
             earliest = min(starts.values())
             tied = [s for s, at in starts.items() if at - earliest <= TIE]
-            # Within a tie: the alerted service, then one that also logs errors (earliest first),
-            # then the one with more departing signals.
+            # Within a tie: the triage agent's cited pick, the alerted service, then one that also
+            # logs errors (earliest first), then the one with more departing signals.
             never = earliest + timedelta(days=365)
             tied.sort(
                 key=lambda s: (
+                    s != lead,
                     s != alerted,
                     case.error_onsets.get(s, never),
                     -len(case.departures.get(s, [])),
@@ -436,8 +441,15 @@ class RuleReasoner:
                 )
             )
             case.first_failing = tied[0]
+            if lead and lead != case.first_failing:
+                when = f"departed at {iso(starts[lead])}" if lead in starts else "showed no departure"
+                case.problems.append(
+                    f"hypothesize: the triage agent's first failing service {lead} {when}, but"
+                    f" {case.first_failing} departed first, at {iso(starts[case.first_failing])}: the gathered"
+                    " facts overturn it"
+                )
         else:
-            case.first_failing = alerted
+            case.first_failing = lead or alerted
         first_at = starts.get(case.first_failing, case.onset)
         case.blast_radius = sorted(s for s, at in starts.items() if s != case.first_failing and at >= first_at - TIE)
         for service in [case.first_failing, *case.blast_radius]:

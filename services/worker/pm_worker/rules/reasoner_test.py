@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,57 @@ async def test_without_a_server_for_tickets_or_chat_the_context_part_records_the
     assert any(p.startswith("context: no connected MCP server offers tickets.get") for p in case.problems)
     assert any("comms.search" in p and p.endswith("chat not read") for p in case.problems)
     assert output["part"] == "context"
+
+
+# --- the triage agent's first failing service in the rule HYPOTHESIZE ---------------------------
+
+FIRED = datetime(2026, 3, 17, 10, 0, tzinfo=UTC)
+
+
+def _departing(at_minute: int) -> list[tuple[datetime, float]]:
+    """An error ratio at 1 % that jumps to 50 % at `at_minute` past 09:00 and stays there."""
+    start = FIRED - timedelta(hours=1)
+    return [(start + timedelta(minutes=m), 0.5 if m >= at_minute else 0.01) for m in range(0, 61)]
+
+
+def _tied_case(lead: str) -> Case:
+    """`alpha` and `bravo` depart in the same minute; the alert is on `gateway`, which does not."""
+    return Case(
+        alert={"service": "gateway", "metric": "error_ratio"},
+        fired_at=FIRED,
+        onset=FIRED - timedelta(minutes=12),
+        series={("alpha", "error_ratio"): _departing(45), ("bravo", "error_ratio"): _departing(45)},
+        triage_first_failing=lead,
+    )
+
+
+@pytest.mark.parametrize(("lead", "first"), [("", "alpha"), ("bravo", "bravo"), ("alpha", "alpha")])
+async def test_within_a_tie_the_triage_agents_cited_pick_is_the_first_failing_service(lead: str, first: str) -> None:
+    case = _tied_case(lead)
+    await RuleReasoner(LocalTools(load_incident(SCENARIO))).hypothesize(case)
+    assert case.first_failing == first
+    assert case.blast_radius == sorted({"alpha", "bravo"} - {first})
+    assert not [p for p in case.problems if "triage agent" in p]
+
+
+async def test_the_gathered_facts_overturn_a_triage_pick_that_departed_later_and_say_so() -> None:
+    case = _tied_case("charlie")
+    case.series[("charlie", "error_ratio")] = _departing(52)  # seven minutes after the others
+    await RuleReasoner(LocalTools(load_incident(SCENARIO))).hypothesize(case)
+    assert case.first_failing == "alpha"
+    (problem,) = (p for p in case.problems if "triage agent" in p)
+    assert problem.startswith("hypothesize: the triage agent's first failing service charlie departed at")
+    assert "the gathered facts overturn it" in problem
+    # The pick survives the state between steps.
+    assert load_case(dump_case(_tied_case("bravo"))).triage_first_failing == "bravo"
+
+
+async def test_with_no_departure_at_all_the_triage_pick_stands_over_the_alerted_service() -> None:
+    quiet = Case(
+        alert={"service": "gateway"}, fired_at=FIRED, onset=FIRED - timedelta(minutes=5), triage_first_failing="bravo"
+    )
+    await RuleReasoner(LocalTools(load_incident(SCENARIO))).hypothesize(quiet)
+    assert quiet.first_failing == "bravo"
+    quiet = Case(alert={"service": "gateway"}, fired_at=FIRED, onset=FIRED - timedelta(minutes=5))
+    await RuleReasoner(LocalTools(load_incident(SCENARIO))).hypothesize(quiet)
+    assert quiet.first_failing == "gateway"

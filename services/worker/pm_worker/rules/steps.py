@@ -157,6 +157,7 @@ def dump_case(case: Case) -> dict[str, Any]:
         "tickets": case.tickets,
         "messages": case.messages,
         "first_failing": case.first_failing,
+        "triage_first_failing": case.triage_first_failing,
         "blast_radius": case.blast_radius,
         "candidates": [
             {
@@ -207,6 +208,7 @@ def load_case(data: Mapping[str, Any]) -> Case:
             tickets=list(data.get("tickets") or []),
             messages=list(data.get("messages") or []),
             first_failing=str(data.get("first_failing") or ""),
+            triage_first_failing=str(data.get("triage_first_failing") or ""),
             blast_radius=list(data.get("blast_radius") or []),
             operational=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("operational") or []],
             evidence=[Evidence(e["claim"], list(e["call_ids"])) for e in data.get("evidence") or []],
