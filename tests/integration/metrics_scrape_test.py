@@ -1,7 +1,7 @@
 """The alert rules and the dashboard match what a running stack really exports.
 
-Ingest, orchestrator, worker and registry run as real processes on the real stack, each with its
-own metrics port. A demo investigation goes through them (submitted to ingest, answered by the
+Ingest, orchestrator, worker and registry run on the real stack behind Envoy, each with its own
+metrics port. A demo investigation goes through them (submitted to ingest, answered by the
 sandbox scenario) and a webhook is refused; then every metrics port is scraped over HTTP. Each
 metric an alert or panel names must be in a scrape, and each label it matches on must be on the
 scraped samples. Only the LLM families may lack samples (the rule reasoner spends nothing); their
@@ -22,15 +22,10 @@ import pytest
 from google.api import httpbody_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from integration.edge_stack import running_edge_stack
 from integration.observability_test import _dashboard_expressions, _expressions, _problems
-from integration.sandbox import registry_config, until_connected
+from integration.sandbox import registry_config
 from pm.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from pm_db import apply_migrations
-from pm_ingest.app import SPEC as INGEST
-from pm_orchestrator.app import SPEC as ORCHESTRATOR
-from pm_registry.app import SPEC as REGISTRY
-from pm_testing import free_port, fresh_bucket, fresh_database, running_service, stack_env
-from pm_worker.app import SPEC as WORKER
 
 SCENARIO = Path(__file__).resolve().parents[2] / "services" / "sandbox" / "scenarios" / "payments-retry-storm"
 API_KEY = "scrape-test-key-0001"
@@ -65,51 +60,32 @@ async def _done(dsn: str, investigation_id: str) -> str:
 
 
 async def test_a_running_stack_exports_every_metric_and_label_the_rules_and_dashboard_name(tmp_path: Path) -> None:
-    env = stack_env()
-    config = tmp_path / "servers.yaml"
-    config.write_text(registry_config(SCENARIO))
-    metrics = {name: free_port() for name in ("ingest", "orchestrator", "worker", "registry")}
-    with fresh_bucket(env) as bucket:
-        async with fresh_database(env) as dsn:
-            await apply_migrations(dsn)
-            registry_port = free_port()
-            base = env.service_environ(database_url=dsn, bucket=bucket, registry_addr=f"127.0.0.1:{registry_port}")
-            base |= {"API_KEYS": API_KEY, "OUTBOX_POLL_SECONDS": "0.2", "JIRA_WEBHOOK_SECRET": "jira-secret"}
-
-            def environ(service: str, **extra: str) -> dict[str, str]:
-                return {**base, "METRICS_LISTEN": f"127.0.0.1:{metrics[service]}", **extra}
-
-            registry_env = environ("registry", GRPC_LISTEN=f"127.0.0.1:{registry_port}", MCP_SERVERS_FILE=str(config))
-            async with running_service(REGISTRY, registry_env) as registry:
-                await until_connected(registry)
-                async with (
-                    running_service(WORKER, environ("worker")),
-                    running_service(ORCHESTRATOR, environ("orchestrator", GRPC_LISTEN=f"127.0.0.1:{free_port()}")),
-                    running_service(INGEST, environ("ingest", GRPC_LISTEN=f"127.0.0.1:{free_port()}")) as ingest,
-                ):
-                    stub = ingest_pb2_grpc.IngestServiceStub(ingest)
-                    accepted = await stub.Investigate(
-                        ingest_pb2.InvestigateRequest(ticket_id=f"SHOP-{uuid.uuid4().hex[:6]}"),
-                        metadata=(("x-api-key", API_KEY),),
-                        timeout=10,
-                    )
-                    assert await _done(dsn, accepted.investigation_id) == "completed"
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
-                        await stub.ReceiveJiraWebhook(
-                            ingest_pb2.ReceiveJiraWebhookRequest(
-                                body=httpbody_pb2.HttpBody(content_type="application/json", data=b"{}")
-                            ),
-                            metadata=(("x-hub-signature", "sha256=" + "0" * 64),),
-                            timeout=10,
-                        )
-                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                    # The queue gauges are read from Redis every few seconds.
-                    await asyncio.sleep(6)
-                    async with httpx.AsyncClient(timeout=10) as client:
-                        texts = [
-                            (await client.get(f"http://127.0.0.1:{port}/metrics")).raise_for_status().text
-                            for port in metrics.values()
-                        ]
+    async with running_edge_stack(
+        tmp_path, servers=registry_config(SCENARIO), api_key=API_KEY, environ={"JIRA_WEBHOOK_SECRET": "jira-secret"}
+    ) as stack:
+        stub = ingest_pb2_grpc.IngestServiceStub(stack.channels["ingest"])
+        accepted = await stub.Investigate(
+            ingest_pb2.InvestigateRequest(ticket_id=f"SHOP-{uuid.uuid4().hex[:6]}"),
+            metadata=(("x-api-key", API_KEY),),
+            timeout=10,
+        )
+        assert await _done(stack.dsn, accepted.investigation_id) == "completed"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ReceiveJiraWebhook(
+                ingest_pb2.ReceiveJiraWebhookRequest(
+                    body=httpbody_pb2.HttpBody(content_type="application/json", data=b"{}")
+                ),
+                metadata=(("x-hub-signature", "sha256=" + "0" * 64),),
+                timeout=10,
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The queue gauges are read from Redis every few seconds.
+        await asyncio.sleep(6)
+        async with httpx.AsyncClient(timeout=10) as client:
+            texts = [
+                (await client.get(f"http://127.0.0.1:{port}/metrics")).raise_for_status().text
+                for port in stack.metrics_ports.values()
+            ]
     samples, empty = _scraped(texts)
     expressions = _expressions() + _dashboard_expressions()
     named = {name for _, expr in expressions for name in re.findall(r"\b(pm_[a-z0-9_]+)", expr)}
