@@ -302,8 +302,8 @@ class RuleReasoner:
 
     async def _context(self, case: Case, start: str, end: str) -> None:
         """The ticket (when its id is an issue key) and the chat messages naming the alerted service
-        in the window. Both are optional sources: a deployment without a ticket or chat server
-        gets a gap in the report, not a failed step."""
+        (and the triage agent's first failing service) in the window. Both are optional sources: a
+        deployment without a ticket or chat server gets a gap in the report, not a failed step."""
         sources = self._sources
         ticket_id = sources.ticket_id.strip()
         if _ISSUE_KEY.match(ticket_id):
@@ -314,34 +314,39 @@ class RuleReasoner:
                 case.tickets = [ticket]
                 summary, status = ticket_field(ticket, "summary") or "?", ticket_field(ticket, "status") or "?"
                 case.evidence.append(Evidence(f"ticket {ticket_id}: {summary!r} ({status})", [answer.call_id]))
-        service = str(case.alert.get("service", ""))
+        # The alerted service, and the triage agent's cited first failing service when it differs.
+        services = [s for s in dict.fromkeys((str(case.alert.get("service", "")), case.triage_first_failing)) if s]
         needs_channel = any("{channel}" in template for template in sources.chat_arguments.values())
-        if not service or (needs_channel and not sources.channel):
-            return  # nothing to search for, or a search within the asking channel with none given
-        values = {"service": service, "channel": sources.channel}
-        arguments = {k: v.format(**values) for k, v in sources.chat_arguments.items()}
-        answer = await self._optional(case, "comms.search", arguments, topic="chat")
-        if answer is None or not answer.ok:
-            return
+        if needs_channel and not sources.channel:
+            return  # a search within the asking channel, with none given
         since, until = parse_time(start), parse_time(end)
-        messages = []
-        for message in answer.data.get("items", answer.data.get("messages", [])):
-            if not isinstance(message, Mapping):
+        for service in services:
+            values = {"service": service, "channel": sources.channel}
+            arguments = {k: v.format(**values) for k, v in sources.chat_arguments.items()}
+            answer = await self._optional(case, "comms.search", arguments, topic="chat")
+            if answer is None:
+                break  # no chat server: said once
+            if not answer.ok:
                 continue
-            at = _message_time(message)
-            if at is None or since <= at <= until:
-                messages.append(dict(message))
-        case.messages = messages[:MAX_MESSAGES]
-        if case.messages:
-            first = case.messages[0]
-            at = _message_time(first)
-            case.evidence.append(
-                Evidence(
-                    f"{len(case.messages)} chat message(s) in the window name {service}; the first"
-                    f"{' at ' + iso(at) if at else ''}: {str(first.get('text', ''))[:200]!r}",
-                    [answer.call_id],
+            found = []
+            for message in answer.data.get("items", answer.data.get("messages", [])):
+                at = _message_time(message) if isinstance(message, Mapping) else None
+                if (
+                    isinstance(message, Mapping)
+                    and (at is None or since <= at <= until)
+                    and message not in case.messages
+                ):
+                    found.append(dict(message))
+            case.messages = (case.messages + found)[:MAX_MESSAGES]
+            if found:
+                first_at = _message_time(found[0])
+                case.evidence.append(
+                    Evidence(
+                        f"{len(found)} chat message(s) in the window name {service}; the first"
+                        f"{' at ' + iso(first_at) if first_at else ''}: {str(found[0].get('text', ''))[:200]!r}",
+                        [answer.call_id],
+                    )
                 )
-            )
 
     async def _optional(
         self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str

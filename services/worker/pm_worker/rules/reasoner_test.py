@@ -303,3 +303,20 @@ async def test_with_no_departure_at_all_the_triage_pick_stands_over_the_alerted_
     quiet = Case(alert={"service": "gateway"}, fired_at=FIRED, onset=FIRED - timedelta(minutes=5))
     await RuleReasoner(LocalTools(load_incident(SCENARIO))).hypothesize(quiet)
     assert quiet.first_failing == "gateway"
+
+
+async def test_the_context_part_also_searches_chat_for_the_triage_agents_first_failing_service() -> None:
+    tools = LocalTools(load_incident(SCENARIO))
+    triage, _ = await run_role(tools, "triage", [])
+    triage["triage_first_failing"] = "payments"
+    state, _ = await run_role(tools, "gather.context", [triage], sources=ContextSources())
+    case = load_case(state)
+
+    searches = [args for _, tool, args in tools.calls if tool == "search_messages"]
+    assert searches == [{"query": "api-gateway"}, {"query": "payments"}]
+    assert len(case.calls["chat"]) == 2
+    texts = [m["text"] for m in case.messages]
+    assert any("payments is logging pg pool exhausted" in t for t in texts)
+    assert len(texts) == len(set(texts))  # a message naming both services is kept once
+    assert any("chat message(s) in the window name api-gateway" in e.claim for e in case.evidence)
+    assert any("name payments" in e.claim for e in case.evidence)
