@@ -9,7 +9,14 @@ Anthropic Messages and OpenAI Chat Completions APIs with scripted replies on loo
 SDK clients run against it. `running_otlp_collector` receives the spans services export over OTLP.
 """
 
-from pm_testing.envoy import build_descriptor_set, edge_values, render_envoy_config, running_envoy
+from pm_testing.envoy import (
+    RunningEdge,
+    build_descriptor_set,
+    edge_values,
+    render_envoy_config,
+    running_edge,
+    running_envoy,
+)
 from pm_testing.fake_llm import FakeLLM, running_fake_llm
 from pm_testing.otlp import CollectedSpan, OtlpCollector, running_otlp_collector
 from pm_testing.postgres import PrivatePostgres, private_postgres
@@ -19,6 +26,7 @@ from pm_testing.services import ServiceProcess, health_status, running_service
 from pm_testing.stack import StackEnv, fresh_bucket, fresh_database, stack_env, unique_name
 
 __all__ = [
+    "RunningEdge",
     "CollectedSpan",
     "FakeLLM",
     "OtlpCollector",
@@ -35,6 +43,7 @@ __all__ = [
     "private_redis",
     "edge_values",
     "render_envoy_config",
+    "running_edge",
     "running_envoy",
     "running_fake_llm",
     "running_otlp_collector",

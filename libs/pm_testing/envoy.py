@@ -7,13 +7,14 @@ import string
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import google.api
 import grpc_tools
 from grpc_tools import protoc
 
-from pm_testing.processes import wait_for
+from pm_testing.processes import free_port, wait_for
 
 
 def build_descriptor_set(proto_root: Path, out: Path) -> Path:
@@ -123,3 +124,43 @@ async def running_envoy(envoy_bin: Path, config_text: str, admin_port: int, work
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEdge:
+    """Envoy in front of the services: its base URL, the descriptor set it loaded and its log."""
+
+    base_url: str
+    descriptor: Path
+    log: Path
+
+
+@asynccontextmanager
+async def running_edge(
+    envoy_bin: Path,
+    repo_root: Path,
+    workdir: Path,
+    *,
+    ingest: tuple[int, int],
+    orchestrator: tuple[int, int],
+    worker_metrics: int = _ABSENT[1],
+    registry_metrics: int = _ABSENT[1],
+) -> AsyncIterator[RunningEdge]:
+    """The repository's Envoy (deploy/envoy/envoy.yaml.tmpl with the descriptor set of its protos)
+    in front of services on loopback, until the block ends (ports as in `edge_values`)."""
+    descriptor = build_descriptor_set(repo_root / "proto", workdir / "pm.pb")
+    listen_port, admin_port = free_port(), free_port()
+    config = render_envoy_config(
+        repo_root / "deploy" / "envoy" / "envoy.yaml.tmpl",
+        edge_values(
+            listen_port=listen_port,
+            admin_port=admin_port,
+            descriptor=descriptor,
+            ingest=ingest,
+            orchestrator=orchestrator,
+            worker_metrics=worker_metrics,
+            registry_metrics=registry_metrics,
+        ),
+    )
+    async with running_envoy(envoy_bin, config, admin_port, workdir) as log:
+        yield RunningEdge(f"http://127.0.0.1:{listen_port}", descriptor, log)

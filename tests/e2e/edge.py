@@ -13,16 +13,7 @@ import httpx
 
 from pm_ingest.app import SPEC as INGEST
 from pm_orchestrator.app import SPEC as ORCHESTRATOR
-from pm_testing import (
-    build_descriptor_set,
-    edge_values,
-    free_port,
-    fresh_bucket,
-    render_envoy_config,
-    running_envoy,
-    running_service,
-    stack_env,
-)
+from pm_testing import free_port, fresh_bucket, running_edge, running_service, stack_env
 
 PROTO_ROOT = Path("proto")
 TEMPLATE = Path("deploy/envoy/envoy.yaml.tmpl")
@@ -67,19 +58,15 @@ async def start_edge(
     }
     channel = await stack.enter_async_context(running_service(INGEST, ingest_env))
     await stack.enter_async_context(running_service(ORCHESTRATOR, orchestrator_env))
-    descriptor = build_descriptor_set(PROTO_ROOT, tmp_path / "pm.pb")
-    listen_port, admin_port = free_port(), free_port()
-    config = render_envoy_config(
-        TEMPLATE,
-        edge_values(
-            listen_port=listen_port,
-            admin_port=admin_port,
-            descriptor=descriptor,
+    edge = await stack.enter_async_context(
+        running_edge(
+            env.envoy_bin,
+            Path(),
+            tmp_path,
             ingest=(ingest_port, metrics_port),
             orchestrator=(orchestrator_port, orchestrator_metrics),
-        ),
+        )
     )
-    await stack.enter_async_context(running_envoy(env.envoy_bin, config, admin_port, tmp_path))
-    base_url = f"http://127.0.0.1:{listen_port}"
+    base_url = edge.base_url
     client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=15))
-    return Edge(base_url, descriptor, client, ingest_env, channel, f"http://127.0.0.1:{metrics_port}/metrics")
+    return Edge(base_url, edge.descriptor, client, ingest_env, channel, f"http://127.0.0.1:{metrics_port}/metrics")

@@ -20,17 +20,7 @@ from pm_db import apply_migrations
 from pm_ingest.app import SPEC as INGEST
 from pm_orchestrator.app import SPEC as ORCHESTRATOR
 from pm_registry.app import SPEC as REGISTRY
-from pm_testing import (
-    build_descriptor_set,
-    edge_values,
-    free_port,
-    fresh_bucket,
-    fresh_database,
-    render_envoy_config,
-    running_envoy,
-    running_service,
-    stack_env,
-)
+from pm_testing import free_port, fresh_bucket, fresh_database, running_edge, running_service, stack_env
 from pm_worker.app import SPEC as WORKER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,18 +79,15 @@ async def running_edge_stack(
         )
         for service, spec in (("orchestrator", ORCHESTRATOR), ("ingest", INGEST)):
             channels[service] = await stack.enter_async_context(running_service(spec, service_environ(service)))
-        listen_port, admin_port = free_port(), free_port()
-        envoy_config = render_envoy_config(
-            ROOT / "deploy" / "envoy" / "envoy.yaml.tmpl",
-            edge_values(
-                listen_port=listen_port,
-                admin_port=admin_port,
-                descriptor=build_descriptor_set(ROOT / "proto", tmp_path / "pm.pb"),
+        edge = await stack.enter_async_context(
+            running_edge(
+                env.envoy_bin,
+                ROOT,
+                tmp_path,
                 ingest=(grpc_ports["ingest"], metrics_ports["ingest"]),
                 orchestrator=(grpc_ports["orchestrator"], metrics_ports["orchestrator"]),
                 worker_metrics=metrics_ports["worker"],
                 registry_metrics=metrics_ports["registry"],
-            ),
+            )
         )
-        await stack.enter_async_context(running_envoy(env.envoy_bin, envoy_config, admin_port, tmp_path))
-        yield EdgeStack(f"http://127.0.0.1:{listen_port}", api_key, dsn, channels, metrics_ports)
+        yield EdgeStack(edge.base_url, api_key, dsn, channels, metrics_ports)

@@ -42,13 +42,10 @@ from pm_testing import (
     CollectedSpan,
     OtlpCollector,
     ServiceProcess,
-    build_descriptor_set,
-    edge_values,
     free_port,
     fresh_bucket,
     fresh_database,
-    render_envoy_config,
-    running_envoy,
+    running_edge,
     running_fake_llm,
     running_otlp_collector,
     stack_env,
@@ -57,8 +54,7 @@ from pm_testing import (
 
 API_KEY = "tracing-test-key-0001"
 MODEL = "claude-sonnet-5-5"
-PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
-TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml.tmpl"
+ROOT = Path(__file__).resolve().parents[2]
 AGENT_STEPS = {
     ("triage", "triage"),
     ("gather", "gather.logs"),
@@ -146,20 +142,15 @@ async def run(tmp_path: Path) -> AsyncIterator[Run]:
                     if name == "registry":
                         async with grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
                             await until_connected(channel)
-                listen_port, admin_port = free_port(), free_port()
-                envoy_config = render_envoy_config(
-                    TEMPLATE,
-                    edge_values(
-                        listen_port=listen_port,
-                        admin_port=admin_port,
-                        descriptor=build_descriptor_set(PROTO_ROOT, tmp_path / "pm.pb"),
+                async with (
+                    running_edge(
+                        env.envoy_bin,
+                        ROOT,
+                        tmp_path,
                         ingest=(ingest_port, metrics_port),
                         orchestrator=(orchestrator_port, 9),
-                    ),
-                )
-                async with (
-                    running_envoy(env.envoy_bin, envoy_config, admin_port, tmp_path),
-                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{listen_port}", timeout=15) as client,
+                    ) as edge,
+                    httpx.AsyncClient(base_url=edge.base_url, timeout=15) as client,
                 ):
                     reply = await client.post(
                         "/api/v1/investigate",

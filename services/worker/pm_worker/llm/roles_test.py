@@ -656,6 +656,11 @@ async def _context_state(tools: ScenarioTools, ticket_id: str) -> tuple[dict[str
     return await run_role(tools, "gather.context", [triage], sources=ContextSources(ticket_id=ticket_id))
 
 
+async def _context_agent(loop: AgentLoop, tools: ScenarioTools, state: dict[str, Any], output: dict[str, Any]) -> Any:
+    agent = Assignment("gather.context", "fast", "cheap-model", loop)
+    return await run_llm_role(agent, tools.for_role("gather.context"), [], state, output, per_iteration=4)
+
+
 async def test_the_context_agent_records_what_people_said_as_cited_leads_for_the_hypothesis_agent(
     llm: FakeLLM, loop: AgentLoop
 ) -> None:
@@ -663,14 +668,7 @@ async def test_the_context_agent_records_what_people_said_as_cited_leads_for_the
     state, output = await _context_state(tools, "INC-4812")
     llm.anthropic(_context_reads_chat, _context_answer)
 
-    step = await run_llm_role(
-        Assignment("gather.context", "fast", "cheap-model", loop),
-        tools.for_role("gather.context"),
-        [],
-        state,
-        output,
-        per_iteration=4,
-    )
+    step = await _context_agent(loop, tools, state, output)
 
     # The model's own search was a real call of the role's tools.
     assert tools.calls[-1][:2] == ("call-5", "search_messages")
@@ -713,14 +711,7 @@ async def test_without_a_ticket_or_chat_message_the_context_agent_asks_no_model(
     tools = ScenarioTools(load_incident(quiet))
     state, output = await _context_state(tools, "pagerduty:PXYZ123")
 
-    step = await run_llm_role(
-        Assignment("gather.context", "fast", "cheap-model", loop),
-        tools.for_role("gather.context"),
-        [],
-        state,
-        output,
-        per_iteration=4,
-    )
+    step = await _context_agent(loop, tools, state, output)
 
     assert step.result is None
     assert step.output["llm_skipped"] == "no ticket or chat message was found"
@@ -750,14 +741,7 @@ async def test_a_provider_outage_leaves_the_ticket_and_chat_as_found_instead_of_
     state, output = await _context_state(tools, "INC-4812")
     llm.anthropic(overloaded(), overloaded(), overloaded())  # the first try and the SDK's two retries
 
-    step = await run_llm_role(
-        Assignment("gather.context", "fast", "cheap-model", loop),
-        tools.for_role("gather.context"),
-        [],
-        state,
-        output,
-        per_iteration=4,
-    )
+    step = await _context_agent(loop, tools, state, output)
 
     assert step.result is None
     assert "529" in step.output["llm_unavailable"]
