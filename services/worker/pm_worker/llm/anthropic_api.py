@@ -18,10 +18,7 @@ from typing import Any, cast
 import anthropic
 
 from pm_worker.llm.pricing import Usage
-from pm_worker.llm.protocol import Block, ClientOwner, ModelRequest, ModelTurn, ProviderRejected, ProviderUnavailable
-
-# Statuses worth another provider: timeouts, lock timeouts, rate limits and server-side failures.
-_UNAVAILABLE_STATUSES = frozenset({408, 409, 429})
+from pm_worker.llm.protocol import Block, ClientOwner, ModelRequest, ModelTurn, ProviderUnavailable, status_error
 
 
 def _block(block: Any) -> Block:
@@ -66,9 +63,7 @@ class AnthropicProvider(ClientOwner):
             )
         except anthropic.APIStatusError as exc:
             reason = f"Anthropic API answered {exc.status_code} ({exc.type or 'error'}): {exc.api_message or ''}"
-            if exc.status_code in _UNAVAILABLE_STATUSES or exc.status_code >= 500:
-                raise ProviderUnavailable(reason, details={"status": exc.status_code}) from exc
-            raise ProviderRejected(reason, details={"status": exc.status_code}) from exc
+            raise status_error(reason, exc.status_code) from exc
         except anthropic.APIConnectionError as exc:
             raise ProviderUnavailable(f"Anthropic API unreachable: {exc.message}") from exc
         usage = message.usage

@@ -25,9 +25,9 @@ from pm_worker.llm.protocol import (
     ModelTurn,
     ProviderRejected,
     ProviderUnavailable,
+    status_error,
 )
 
-_UNAVAILABLE_STATUSES = frozenset({408, 409, 429})
 _STOP_REASONS = {"tool_calls": "tool_use", "stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 
 
@@ -170,9 +170,7 @@ class OpenAICompatibleProvider(ClientOwner):
             )
         except openai.APIStatusError as exc:
             reason = f"OpenAI-compatible API answered {exc.status_code}: {exc.message}"
-            if exc.status_code in _UNAVAILABLE_STATUSES or exc.status_code >= 500:
-                raise ProviderUnavailable(reason, details={"status": exc.status_code}) from exc
-            raise ProviderRejected(reason, details={"status": exc.status_code}) from exc
+            raise status_error(reason, exc.status_code) from exc
         except openai.APIConnectionError as exc:
             raise ProviderUnavailable(f"OpenAI-compatible API unreachable: {exc.message}") from exc
         if not completion.choices:

@@ -125,3 +125,14 @@ class StructuredOutputInvalid(Internal):
 
 class AnswerMissing(Internal):
     """The model used every allowed turn without submitting its structured output."""
+
+
+# HTTP statuses worth another provider: timeouts, lock timeouts, rate limits (and every 5xx).
+UNAVAILABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def status_error(reason: str, status: int) -> ProviderUnavailable | ProviderRejected:
+    """A provider's HTTP refusal as the error the loop acts on: unavailable (another provider may
+    answer) or rejected (the request itself is wrong)."""
+    kind = ProviderUnavailable if status in UNAVAILABLE_STATUSES or status >= 500 else ProviderRejected
+    return kind(reason, details={"status": status})
