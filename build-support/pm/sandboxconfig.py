@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from profiles import REPO_ROOT
 
@@ -14,48 +16,34 @@ from profiles import REPO_ROOT
 DEMO_SCENARIO = REPO_ROOT / "services" / "sandbox" / "scenarios" / "payments-retry-storm"
 SANDBOX_PEX = REPO_ROOT / "dist" / "pm-sandbox.pex"
 
-# The sandbox's tools and the capability each provides, and the rule reasoner's roles: copies of
-# pm_sandbox.server.TOOL_CAPABILITIES and pm_worker.rules.steps.ROLE_CAPABILITIES, because ./pm
-# runs in its own environment without the services' packages.
+
+def _literal(path: Path, name: str) -> dict[str, Any]:
+    """The dict literal assigned to `name` at the top level of the Python file `path`, read
+    without importing it: ./pm runs in its own environment, without the services' packages."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            value = ast.literal_eval(node.value)
+            if isinstance(value, dict):
+                return value
+    raise RuntimeError(f"{path} has no top-level dict literal {name}")
+
+
+# The sandbox's tools and the capability each provides (pm_sandbox.server.TOOL_CAPABILITIES), and
+# the rule reasoner's roles (pm_worker.rules.steps.ROLE_CAPABILITIES) with `investigator`, which
+# may read everything.
 SANDBOX_TOOLS = {
-    "get_alert": "alerts.get",
-    "search_logs": "logs.search",
-    "query_metrics": "metrics.query",
-    "search_traces": "traces.search",
-    "log_patterns": "logs.patterns",
-    "list_deploys": "changes.deploys",
-    "list_commits": "changes.commits",
-    "get_commit": "changes.diff",
-    "flag_changes": "flags.changes",
-    "get_ticket": "tickets.get",
-    "search_messages": "comms.search",
+    str(tool): str(capability)
+    for tool, capability in _literal(
+        REPO_ROOT / "services" / "sandbox" / "pm_sandbox" / "server.py", "TOOL_CAPABILITIES"
+    ).items()
 }
-# `investigator` may read everything.
 ROLES = {
-    "triage": ["alerts.get", "metrics.query"],
-    "gather.logs": ["logs.search", "logs.patterns"],
-    "gather.metrics": ["metrics.query"],
-    "gather.traces": ["traces.search"],
-    "gather.changes": ["changes.deploys", "changes.commits", "flags.changes"],
-    "gather.context": ["tickets.get", "comms.search"],
-    "hypothesize": [
-        "logs.search",
-        "metrics.query",
-        "traces.search",
-        "changes.deploys",
-        "changes.commits",
-        "flags.changes",
-    ],
-    "verify": ["changes.diff", "changes.deploys", "changes.commits", "logs.search", "metrics.query", "traces.search"],
-    "recommend": [
-        "logs.search",
-        "metrics.query",
-        "traces.search",
-        "changes.deploys",
-        "changes.commits",
-        "changes.diff",
-        "flags.changes",
-    ],
+    **{
+        str(role): [str(c) for c in capabilities]
+        for role, capabilities in _literal(
+            REPO_ROOT / "services" / "worker" / "pm_worker" / "rules" / "steps.py", "ROLE_CAPABILITIES"
+        ).items()
+    },
     "investigator": sorted(set(SANDBOX_TOOLS.values())),
 }
 
