@@ -63,6 +63,33 @@ def pagination(page: int, limit: int, total: int) -> types_pb2.Pagination:
     return types_pb2.Pagination(page=page, limit=limit, total=total, total_pages=-(-total // limit))
 
 
+async def fetch_page(
+    pool: asyncpg.Pool,
+    table: str,
+    filters: Mapping[str, object],
+    page: int,
+    limit: int,
+    *,
+    columns: str = "*",
+    order: str = "created_at DESC, id",
+) -> tuple[list[asyncpg.Record], types_pb2.Pagination]:
+    """One page of `table`'s rows matching every filter given (column = value; empty values are
+    no filter), in `order`, and the pagination of all that match. Table, columns and order are
+    the caller's constants; only the values come from the request, always as parameters."""
+    given = [(column, value) for column, value in filters.items() if value not in (None, "")]
+    clause = " AND ".join(f"{column} = ${n}" for n, (column, _) in enumerate(given, 1)) or "true"
+    values = [value for _, value in given]
+    total = await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {clause}", *values)
+    rows = await pool.fetch(
+        f"SELECT {columns} FROM {table} WHERE {clause} ORDER BY {order}"
+        f" LIMIT ${len(values) + 1} OFFSET ${len(values) + 2}",
+        *values,
+        limit,
+        (page - 1) * limit,
+    )
+    return list(rows), pagination(page, limit, int(total))
+
+
 async def audit(
     conn: asyncpg.Connection,
     identity: Identity,

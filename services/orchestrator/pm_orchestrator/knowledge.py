@@ -24,7 +24,7 @@ from pm_auth import CATEGORY_QUERY
 from pm_errors import Conflict, NotFound
 from pm_grpc.bodies import problem, validation_failed
 from pm_grpc.http import Context
-from pm_orchestrator.api import ApiBase, audit, pagination, paging, parse_id
+from pm_orchestrator.api import ApiBase, audit, fetch_page, paging, parse_id
 
 CATEGORIES = ("known_issue", "pattern", "memory_update")
 CONFIDENCES = ("provisional", "active", "archived")
@@ -70,21 +70,9 @@ class KnowledgeServicer(ApiBase, knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
         if problems:
             raise validation_failed(problems)
-        filters = [(c, v) for c, v in (("service", request.service), ("category", request.category),
-                                       ("confidence", request.confidence)) if v]  # fmt: skip
-        clause = " AND ".join(f"{column} = ${n}" for n, (column, _) in enumerate(filters, 1)) or "true"
-        values = [v for _, v in filters]
-        total = await self._pool.fetchval(f"SELECT count(*) FROM knowledge_entries WHERE {clause}", *values)
-        rows = await self._pool.fetch(
-            f"SELECT * FROM knowledge_entries WHERE {clause} ORDER BY created_at DESC, id"
-            f" LIMIT ${len(values) + 1} OFFSET ${len(values) + 2}",
-            *values,
-            limit,
-            (page - 1) * limit,
-        )
-        return knowledge_pb2.ListKnowledgeResponse(
-            data=[entry_to_proto(r) for r in rows], pagination=pagination(page, limit, total)
-        )
+        filters = {"service": request.service, "category": request.category, "confidence": request.confidence}
+        rows, pages = await fetch_page(self._pool, "knowledge_entries", filters, page, limit)
+        return knowledge_pb2.ListKnowledgeResponse(data=[entry_to_proto(r) for r in rows], pagination=pages)
 
     async def ExportKnowledge(
         self, request: knowledge_pb2.ExportKnowledgeRequest, context: Context

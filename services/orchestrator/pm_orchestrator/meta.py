@@ -29,7 +29,7 @@ from pm.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from pm_errors import Conflict, NotFound
 from pm_grpc.bodies import parse_body, problem, request_object, validation_failed
 from pm_grpc.http import Context
-from pm_orchestrator.api import ApiBase, audit, pagination, paging, parse_id
+from pm_orchestrator.api import ApiBase, audit, fetch_page, paging, parse_id
 from pm_orchestrator.knowledge import entry_to_proto
 
 STATUSES = ("pending", "approved", "rejected", "applied")
@@ -192,15 +192,9 @@ class MetaServicer(ApiBase, knowledge_pb2_grpc.MetaServiceServicer):
         status = request.status or "pending"
         if status not in STATUSES:
             raise validation_failed([problem(["status"], f"must be one of {', '.join(STATUSES)}", "invalid_enum")])
-        total = await self._pool.fetchval("SELECT count(*) FROM recommendations WHERE status = $1", status)
-        rows = await self._pool.fetch(
-            "SELECT * FROM recommendations WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-            status,
-            limit,
-            (page - 1) * limit,
-        )
+        rows, pages = await fetch_page(self._pool, "recommendations", {"status": status}, page, limit)
         return knowledge_pb2.ListRecommendationsResponse(
-            data=[recommendation_to_proto(r) for r in rows], pagination=pagination(page, limit, total)
+            data=[recommendation_to_proto(r) for r in rows], pagination=pages
         )
 
     async def GetRecommendation(

@@ -24,7 +24,7 @@ from pm.investigation.v1 import investigation_pb2, investigation_pb2_grpc
 from pm_auth import CATEGORY_INVESTIGATION, AuthProvider, RateLimiter
 from pm_errors import InvalidArgument, NotFound
 from pm_grpc.http import Context
-from pm_orchestrator.api import pagination, paging
+from pm_orchestrator.api import fetch_page, paging
 from pm_orchestrator.engine import Engine
 from pm_orchestrator.feedback import FeedbackRpcs
 from pm_orchestrator.similar import SimilarRpcs
@@ -147,21 +147,8 @@ class InvestigationQueries(FeedbackRpcs, SimilarRpcs, investigation_pb2_grpc.Inv
         await self._caller(context)
         page, limit = paging(request.page, request.limit)
         filters = {"status": request.status, "domain": request.domain, "ticket_id": request.ticket_id}
-        where = [f"{column} = ${n}" for n, (column, value) in enumerate(((c, v) for c, v in filters.items() if v), 1)]
-        values = [v for v in filters.values() if v]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = await self._pool.fetchval(f"SELECT count(*) FROM investigations {clause}", *values)
-        rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM investigations {clause} ORDER BY created_at DESC, id"
-            f" LIMIT ${len(values) + 1} OFFSET ${len(values) + 2}",
-            *values,
-            limit,
-            (page - 1) * limit,
-        )
-        return investigation_pb2.ListInvestigationsResponse(
-            data=[to_proto(r) for r in rows],
-            pagination=pagination(page, limit, total),
-        )
+        rows, pages = await fetch_page(self._pool, "investigations", filters, page, limit, columns=_COLUMNS)
+        return investigation_pb2.ListInvestigationsResponse(data=[to_proto(r) for r in rows], pagination=pages)
 
     async def GetBundle(self, request: investigation_pb2.GetBundleRequest, context: Context) -> httpbody_pb2.HttpBody:
         """A zip of everything recorded about the investigation (application/zip attachment)."""
