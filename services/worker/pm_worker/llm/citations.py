@@ -76,7 +76,8 @@ def check_citations(findings: Findings, known_call_ids: Collection[str]) -> Cita
     downgraded_from = ""
     if findings.verdict in CULPRIT_VERDICTS and not evidence:
         downgraded_from = findings.verdict
-        cleaned = _downgrade(cleaned, findings, len(rejected))
+        why = f"cited no tool call this investigation made ({len(rejected)} unsupported claim(s) removed)"
+        cleaned = downgrade(cleaned, findings, why)
     # Rebuilding through validation proves the cleaned findings still satisfy the schema.
     cleaned = Findings.model_validate(cleaned.model_dump(by_alias=True))
     return CitationReview(
@@ -84,12 +85,14 @@ def check_citations(findings: Findings, known_call_ids: Collection[str]) -> Cita
     )
 
 
-def _downgrade(cleaned: Findings, original: Findings, rejected: int) -> Findings:
+def downgrade(cleaned: Findings, original: Findings, why: str) -> Findings:
+    """`cleaned` as INCONCLUSIVE with no culprit: `original`'s verdict failed a check (`why`), so
+    its culprit becomes something to check by hand."""
     culprit = original.culprit
     named = f" naming {culprit.kind} {culprit.ref} on {culprit.service}" if culprit is not None else ""
     summary = (
-        f"Downgraded to INCONCLUSIVE: the {original.verdict} verdict{named} cited no tool call this"
-        f" investigation made ({rejected} unsupported claim(s) removed). The model had said: {original.summary}"
+        f"Downgraded to INCONCLUSIVE: the {original.verdict} verdict{named} {why}. The model had said:"
+        f" {original.summary}"
     )
     steps = [f"Check by hand whether {culprit.kind} {culprit.ref} caused this before acting on it."] if culprit else []
     return cleaned.model_copy(

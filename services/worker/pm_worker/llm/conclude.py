@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from pm_worker.llm.case_view import key_of
 from pm_worker.llm.citations import check_citations
+from pm_worker.llm.consistency import reconcile
 from pm_worker.llm.loop import AgentLoop, LoopResult, Step
 from pm_worker.llm.prompts import load_prompt
 from pm_worker.llm.protocol import ProviderUnavailable, RoleTools, ToolResult, ToolSpec
@@ -178,12 +179,15 @@ async def conclude_with_llm(
         findings = {**rule_findings, "problems": [*rule_findings.get("problems", []), problem]}
         return LLMConclusion(findings=findings)
     review = check_citations(result.output, case_call_ids(case) | set(result.call_ids))
-    findings = review.findings.to_report()
+    consistent = reconcile(review.findings, case, notes or {})
+    findings = consistent.findings.to_report()
     problems = list(rule_findings.get("problems", []))
     if review.rejected:
         problems.append(
             f"{review.rejected} claim(s) of the model cited no tool call of this investigation and were removed"
         )
+    if consistent.problem:
+        problems.append(consistent.problem)
     findings.update(
         {
             "onset": rule_findings.get("onset"),
@@ -195,6 +199,7 @@ async def conclude_with_llm(
             "prompt_version": prompt.version,
             "rejected_claims": review.rejected,
             "rule_verdict": rule_findings.get("verdict"),
+            "model_verdict": result.output.verdict,
         }
     )
     return LLMConclusion(findings=findings, result=result)
