@@ -213,6 +213,11 @@ async def test_an_investigation_goes_from_request_to_report(stack: Stack) -> Non
     assert decoys <= {h.id for h in report.rejected_hypotheses}
     assert report.markdown.startswith("# Investigation SHOP-9")
     assert "## Fix plan" in report.markdown
+    # What the chat said, as found, apart from the evidence (the scenario has no SHOP-9 ticket: a gap).
+    reported = report.markdown.split("## What people reported", 1)[1].split("\n## ", 1)[0]
+    assert "leads, not evidence" in reported
+    assert "jonas.berg in #incidents: gateway 5xx started right after the gateway deploy" in reported
+    assert "tickets.get: " in report.markdown.split("## Gaps", 1)[1]
     cited = {c for item in report.evidence for c in item.tool_call_ids}
     assert cited
     known = {

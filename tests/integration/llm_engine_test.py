@@ -434,6 +434,11 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
             assert report.culprit_change.ref == CULPRIT
             assert "max_attempts 2 -> 6 and backoff none" in report.markdown
             assert "claim(s) of the model's hypothesize step cited no tool call" in report.markdown
+            # The context agent's facts and the suspects people named, apart from the evidence.
+            reported = report.markdown.split("## What people reported", 1)[1].split("\n## ", 1)[0]
+            assert "The incident commander wants to roll back api-gateway." in reported
+            assert "- action: jonas.berg in #incidents proposes rolling back api-gateway" in reported
+            assert f"Suspected by people: `{GATEWAY[:8]}`" in reported
             runs = await stack.db.fetch(
                 "SELECT phase, model, llm_calls FROM agent_runs WHERE investigation_id = $1::uuid AND reasoner = 'llm'"
                 " ORDER BY phase",

@@ -27,6 +27,30 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _reported(said: Any) -> list[str]:
+    """The "What people reported" section: the ticket and chat, as leads apart from the evidence."""
+    if not isinstance(said, Mapping) or not (said.get("facts") or said.get("summary")):
+        return []
+    lines = [
+        "",
+        "## What people reported",
+        "",
+        "_From the ticket and chat: leads, not evidence. The verdict above does not rest on them._",
+        "",
+    ]
+    if said.get("summary"):
+        lines += [str(said["summary"]), ""]
+    for fact in said.get("facts") or []:
+        if not isinstance(fact, Mapping):
+            continue
+        at = f" ({fact['at']})" if fact.get("at") else ""
+        kind = f"{fact['kind']}: " if fact.get("kind") else ""
+        lines.append(f"- {kind}{fact.get('claim', '')}{at} {_cite(fact.get('call_ids') or [])}".rstrip())
+    if said.get("suspects"):
+        lines += ["", "Suspected by people: " + ", ".join(f"`{_cell(s)}`" for s in said["suspects"])]
+    return lines
+
+
 def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any]) -> str:
     """The report as Markdown."""
     verdict = findings.get("verdict", "INCONCLUSIVE")
@@ -93,6 +117,7 @@ def render_markdown(investigation: Mapping[str, Any], findings: Mapping[str, Any
     lines += ["", "## Evidence", ""]
     for item in findings.get("evidence") or []:
         lines.append(f"- {item.get('claim', '')} {_cite(item.get('call_ids') or [])}".rstrip())
+    lines += _reported(findings.get("reported_context"))
     lines += [
         "",
         "## Hypotheses",

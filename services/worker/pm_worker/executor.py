@@ -37,13 +37,14 @@ from pm.events.v1 import events_pb2
 from pm_errors import NotFound, PmError
 from pm_storage import ObjectStore
 from pm_streams import GROUP_WORKERS, STREAM_AGENT_RESULTS, STREAM_AGENT_TASKS, Delivery, StreamBus
-from pm_worker.llm.case_view import carry_notes
+from pm_worker.llm.case_view import carry_notes, notes_of
 from pm_worker.llm.conclude import RegistryTools
+from pm_worker.llm.gather_context import report_view
 from pm_worker.llm.loop import LoopResult
 from pm_worker.llm.protocol import AnswerMissing, ProviderRejected, StructuredOutputInvalid
 from pm_worker.llm.roles import LLMSetup, run_llm_role
 from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION, ContextSources
-from pm_worker.rules.steps import StepInputError, run_role
+from pm_worker.rules.steps import StepInputError, load_case, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 from pm_worker.similar import hypothesis_context, knowledge_context
 
@@ -188,6 +189,9 @@ class StepExecutor:
                 # The active knowledge entries of the investigation's services it was given.
                 output = {**output, "knowledge": knowledge_context(inputs["knowledge"])}
             state, output, llm_trace = await self._reason(task, inputs, tools, states, state, output, result)
+            if task.agent_role == "recommend" and (said := report_view(load_case(state), notes_of([state]))):
+                # What the ticket and chat said, for the report (leads, shown apart from the evidence).
+                output = {**output, "reported_context": said}
             prefix = step_prefix(task)
             state_ref = await self._put_json(f"{prefix}/state.json", state)
             output = {**output, "state_uri": state_ref.uri(self._store.bucket)}

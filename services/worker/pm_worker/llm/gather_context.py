@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from pm_grpc.tool_results import ticket_field
 from pm_worker.llm.citations import ContextReview
 from pm_worker.llm.triage import triage_notes
 from pm_worker.rules.reasoner import LOOKBACK, Case
@@ -94,4 +95,51 @@ def notes(review: ContextReview) -> dict[str, Any]:
         "summary": answer.summary,
         "facts": [fact.model_dump(mode="json") for fact in answer.facts],
         "suspects": list(answer.suspects),
+    }
+
+
+MAX_REPORTED_MESSAGES = 10
+
+
+def report_view(case: Case, notes: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What people said, for the report's "What people reported" section: the context agent's
+    facts and suspects when a model read the ticket and chat, else the ticket and the first
+    messages as found; None when there is nothing."""
+    found = notes.get("context")
+    if isinstance(found, Mapping):
+        facts = [
+            {k: fact.get(k) for k in ("kind", "claim", "at", "call_ids") if fact.get(k)}
+            for fact in found.get("facts", [])
+            if isinstance(fact, Mapping)
+        ]
+        return {"source": "context agent", "summary": found.get("summary", ""), "facts": facts,
+                "suspects": list(found.get("suspects", []))}  # fmt: skip
+    if not has_context(case):
+        return None
+    ticket_calls = case.calls.get("ticket", [])
+    chat_calls = case.calls.get("chat", [])
+    return {
+        "source": "as found",
+        "facts": [
+            *(
+                {
+                    "kind": "ticket",
+                    "claim": f"ticket {t.get('key', '?')}: {ticket_field(t, 'summary') or '?'}"
+                    f" ({ticket_field(t, 'status') or '?'})",
+                    "call_ids": ticket_calls,
+                }
+                for t in case.tickets
+            ),
+            *(
+                {
+                    "kind": "chat",
+                    "claim": f"{m.get('user', '?')}{' in #' + str(m['channel']) if m.get('channel') else ''}:"
+                    f" {str(m.get('text', ''))[:300]}",
+                    "at": m.get("ts") or m.get("timestamp"),
+                    "call_ids": chat_calls,
+                }
+                for m in case.messages[:MAX_REPORTED_MESSAGES]
+            ),
+        ],
+        "suspects": [],
     }

@@ -343,6 +343,7 @@ async def _recommend(
     output: dict[str, Any],
 ) -> LLMStep:
     conclusion = await conclude_with_llm(assignment.loop, assignment.model, tools, load_case(state), output, notes)
+    state = {**state, NOTES_KEY: dict(notes)} if notes else state  # the notes stay with the last state
     if conclusion.result is None:  # the providers were down: the rule reasoner's conclusion stands
         return LLMStep(state, conclusion.findings)
     findings = {**conclusion.findings, "tier": assignment.tier, "llm": llm_summary(conclusion.result)}
