@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pm_errors import Unavailable
-from pm_grpc.tool_results import ticket_field
 from pm_worker.rules.signals import (
     COSMETIC_FILES as _COSMETIC_FILES,
 )
@@ -302,18 +301,17 @@ class RuleReasoner:
 
     async def _context(self, case: Case, start: str, end: str) -> None:
         """The ticket (when its id is an issue key) and the chat messages naming the alerted service
-        (and the triage agent's first failing service) in the window. Both are optional sources: a
-        deployment without a ticket or chat server gets a gap in the report, not a failed step."""
+        (and the triage agent's first failing service) in the window, each read cited (`calls`).
+        What people wrote is a lead, not evidence: it never enters `evidence` or a score, and the
+        report shows it apart. Both are optional sources: a deployment without a ticket or chat
+        server gets a gap in the report, not a failed step."""
         sources = self._sources
         ticket_id = sources.ticket_id.strip()
         if _ISSUE_KEY.match(ticket_id):
             arguments = {k: v.format(ticket_id=ticket_id) for k, v in sources.ticket_arguments.items()}
             answer = await self._optional(case, "tickets.get", arguments, topic="ticket")
             if answer is not None and answer.ok:
-                ticket = dict(answer.data)
-                case.tickets = [ticket]
-                summary, status = ticket_field(ticket, "summary") or "?", ticket_field(ticket, "status") or "?"
-                case.evidence.append(Evidence(f"ticket {ticket_id}: {summary!r} ({status})", [answer.call_id]))
+                case.tickets = [dict(answer.data)]
         # The alerted service, and the triage agent's cited first failing service when it differs.
         services = [s for s in dict.fromkeys((str(case.alert.get("service", "")), case.triage_first_failing)) if s]
         needs_channel = any("{channel}" in template for template in sources.chat_arguments.values())
@@ -338,15 +336,6 @@ class RuleReasoner:
                 ):
                     found.append(dict(message))
             case.messages = (case.messages + found)[:MAX_MESSAGES]
-            if found:
-                first_at = _message_time(found[0])
-                case.evidence.append(
-                    Evidence(
-                        f"{len(found)} chat message(s) in the window name {service}; the first"
-                        f"{' at ' + iso(first_at) if first_at else ''}: {str(found[0].get('text', ''))[:200]!r}",
-                        [answer.call_id],
-                    )
-                )
 
     async def _optional(
         self, case: Case, capability: str, arguments: Mapping[str, Any], *, topic: str
