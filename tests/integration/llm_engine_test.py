@@ -14,6 +14,7 @@ the request, reading the investigation context the worker sent, as a model would
   verification supports.
 - outages: the RECOMMEND pass keeps the rule conclusion; an LLM HYPOTHESIZE fails visibly and the
   engine writes its partial report.
+- budget: what the model reports spending ends the investigation once it passes the cost budget.
 """
 
 from __future__ import annotations
@@ -559,3 +560,47 @@ async def test_an_llm_hypothesize_that_cannot_reach_a_provider_fails_visibly_and
             )
             assert "LLM unavailable" in report.markdown
             assert "gather.context: LLM unavailable" in report.markdown
+
+
+def _expensive_hypotheses(body: dict[str, Any]) -> Reply:
+    """A valid ranking whose usage alone costs more than the budget: 200,000 input and 10,000
+    output tokens on the balanced model ($2 and $10 per million: $0.50)."""
+    context = _context(body)
+    culprit = next(c for c in context["candidates"] if c["ref"] == CULPRIT)
+    answer = {
+        "hypotheses": [
+            {
+                "kind": "commit",
+                "ref": CULPRIT,
+                "service": "payments",
+                "mechanism": "Retries without backoff exhaust the pool.",
+                "evidence": [{"claim": "shipped before the onset", "call_ids": culprit["call_ids"]}],
+                "falsified_by": ["the diff keeps the backoff"],
+                "plausibility": 0.7,
+            }
+        ]
+    }
+    return message(tool_use("submit", answer), input_tokens=200_000, output_tokens=10_000)
+
+
+async def test_the_models_spending_past_the_cost_budget_stops_the_investigation(tmp_path: Path) -> None:
+    async with running_fake_llm() as llm:
+        llm.anthropic(_expensive_hypotheses)
+        # Only HYPOTHESIZE asks the model; the budget is checked against what it reported spending.
+        roles = json.dumps({"balanced": {"hypothesize": "balanced"}})
+        settings = {**_keys(llm), **MODELS, "LLM_MODE_ROLES": roles}
+        async with _engine(tmp_path, registry_config(SCENARIO), settings=settings) as stack:
+            investigation_id = await _submit(stack, "SHOP-62", budget={"max_cost_usd": 0.1})
+            row = await _until_done(stack, investigation_id)
+            assert row["status"] == "completed", row["error"]
+            assert llm.unanswered() == 0
+            assert row["verdict"] == "INCONCLUSIVE"
+            assert "cost budget of $0.10 exhausted ($0.50)" in row["summary"]
+            assert float(row["cost_usd"]) == pytest.approx(0.5)
+            phases = {
+                r["phase"]
+                for r in await stack.db.fetch(
+                    "SELECT phase FROM investigation_steps WHERE investigation_id = $1::uuid", investigation_id
+                )
+            }
+            assert "verify" not in phases  # nothing was dispatched after the stop
