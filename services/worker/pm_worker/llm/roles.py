@@ -33,7 +33,7 @@ them, and the report says no model read them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -115,18 +115,23 @@ async def run_llm_role(
 ) -> LLMStep:
     """Run the role's agent on the rule reasoner's `state` and `output` of this step (`inputs`
     are the states the step read, for the notes earlier LLM steps left)."""
-    notes = notes_of(inputs)
-    if assignment.role == "triage":
-        return await _triage(assignment, tools, notes, state, output)
-    if assignment.role == "gather.context":
-        return await _gather_context(assignment, tools, notes, state, output)
-    if assignment.role == "hypothesize":
-        return await _hypothesize(assignment, tools, notes, state, output, per_iteration)
-    if assignment.role == "verify":
-        return await _verify(assignment, tools, notes, state, output)
-    if assignment.role == "recommend":
-        return await _recommend(assignment, tools, notes, state, output)
-    raise ValueError(f"the LLM does not run role {assignment.role!r}")
+    handler = _HANDLERS.get(assignment.role)
+    if handler is None:
+        raise ValueError(f"the LLM does not run role {assignment.role!r}")
+    return await handler(_Run(assignment, tools, notes_of(inputs), state, output, per_iteration))
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One LLM step's inputs: who runs it, the role's tools, the notes earlier LLM steps left, the
+    rule reasoner's state and output of this step, and how many candidates an iteration verifies."""
+
+    assignment: Assignment
+    tools: RoleTools
+    notes: Mapping[str, Any]
+    state: dict[str, Any]
+    output: dict[str, Any]
+    per_iteration: int
 
 
 async def _ask(assignment: Assignment, tools: RoleTools, prompt: Prompt, context: str, answer: type[Any]) -> Any:
@@ -174,13 +179,8 @@ def _state(case: Case, notes: Mapping[str, Any]) -> dict[str, Any]:
     return {**dump_case(case), NOTES_KEY: dict(notes)} if notes else dump_case(case)
 
 
-async def _triage(
-    assignment: Assignment,
-    tools: RoleTools,
-    notes: Mapping[str, Any],
-    state: dict[str, Any],
-    output: dict[str, Any],
-) -> LLMStep:
+async def _triage(run: _Run) -> LLMStep:
+    assignment, tools, notes, state, output = run.assignment, run.tools, run.notes, run.state, run.output
     case = load_case(state)
     prompt = load_prompt("triage")
     known = case_call_ids(case)
@@ -209,13 +209,8 @@ async def _triage(
     return LLMStep(_state(case, notes), summary, result)
 
 
-async def _gather_context(
-    assignment: Assignment,
-    tools: RoleTools,
-    notes: Mapping[str, Any],
-    state: dict[str, Any],
-    output: dict[str, Any],
-) -> LLMStep:
+async def _gather_context(run: _Run) -> LLMStep:
+    assignment, tools, notes, state, output = run.assignment, run.tools, run.notes, run.state, run.output
     case = load_case(state)
     if not gather_context.has_context(case):
         # No ticket was read and no chat message names the service: nothing for a model to read.
@@ -243,14 +238,9 @@ async def _gather_context(
     return LLMStep(_state(case, {**notes, "context": reported}), summary, result)
 
 
-async def _hypothesize(
-    assignment: Assignment,
-    tools: RoleTools,
-    notes: Mapping[str, Any],
-    state: dict[str, Any],
-    output: dict[str, Any],
-    per_iteration: int,
-) -> LLMStep:
+async def _hypothesize(run: _Run) -> LLMStep:
+    assignment, tools, notes, state, output = run.assignment, run.tools, run.notes, run.state, run.output
+    per_iteration = run.per_iteration
     case = load_case(state)
     prompt = load_prompt("hypothesize")
     known = case_call_ids(case)
@@ -291,13 +281,8 @@ def _ranking(case: Case) -> list[dict[str, Any]]:
     return [{"ref": c.ref, "score": c.score, "title": c.title} for c in case.candidates if c.verified][:8]
 
 
-async def _verify(
-    assignment: Assignment,
-    tools: RoleTools,
-    notes: Mapping[str, Any],
-    state: dict[str, Any],
-    output: dict[str, Any],
-) -> LLMStep:
+async def _verify(run: _Run) -> LLMStep:
+    assignment, tools, notes, state, output = run.assignment, run.tools, run.notes, run.state, run.output
     case = load_case(state)
     baseline = verify.restore(case, notes)
     if not verify.to_verify(case) and not verify.operational_hypotheses(notes):
@@ -335,16 +320,20 @@ async def _verify(
     return LLMStep(_state(case, notes), summary, result)
 
 
-async def _recommend(
-    assignment: Assignment,
-    tools: RoleTools,
-    notes: Mapping[str, Any],
-    state: dict[str, Any],
-    output: dict[str, Any],
-) -> LLMStep:
+async def _recommend(run: _Run) -> LLMStep:
+    assignment, tools, notes, state, output = run.assignment, run.tools, run.notes, run.state, run.output
     conclusion = await conclude_with_llm(assignment.loop, assignment.model, tools, load_case(state), output, notes)
     state = {**state, NOTES_KEY: dict(notes)} if notes else state  # the notes stay with the last state
     if conclusion.result is None:  # the providers were down: the rule reasoner's conclusion stands
         return LLMStep(state, conclusion.findings)
     findings = {**conclusion.findings, "tier": assignment.tier, "llm": llm_summary(conclusion.result)}
     return LLMStep(state, findings, conclusion.result)
+
+
+_HANDLERS: Mapping[str, Callable[[_Run], Awaitable[LLMStep]]] = {
+    "triage": _triage,
+    "gather.context": _gather_context,
+    "hypothesize": _hypothesize,
+    "verify": _verify,
+    "recommend": _recommend,
+}
