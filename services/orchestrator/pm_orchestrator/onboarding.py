@@ -17,7 +17,6 @@ would (409 when the name or the Jira project is taken), audited as `domain.onboa
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -37,6 +36,7 @@ from pm_errors import InvalidArgument
 from pm_grpc import set_http_status
 from pm_grpc.bodies import parse_body, problem, request_object
 from pm_grpc.http import Context
+from pm_grpc.tool_results import tool_result_data
 from pm_orchestrator.api import ApiBase
 from pm_orchestrator.discovery import (
     DEFAULT_LIMITS,
@@ -213,20 +213,10 @@ def summary(discovery: Discovery, sources: Sequence[str]) -> str:
     return text
 
 
-def _payload(reply: Any) -> Any:
-    """A tool's answer as JSON: its structured content, else its text parsed as JSON, else None."""
-    if reply.HasField("structured_content"):
-        return json_format.MessageToDict(reply.structured_content)
-    text = "".join(item.text for item in reply.content if item.text)
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-def _entries(payload: Any) -> tuple[list[Entry], bool]:
-    """The directory entries of a listing (a list, or an object with `entries`), and whether it was cut."""
-    items = payload.get("entries") if isinstance(payload, dict) else payload
+def _entries(payload: dict[str, Any]) -> tuple[list[Entry], bool]:
+    """The directory entries of a listing (`tool_result_data` of a list, or of an object with
+    `entries`), and whether it was cut."""
+    items = payload.get("entries", payload.get("items"))
     if not isinstance(items, list):
         raise ReadFailed("the listing is not a list of entries")
     entries = []
@@ -237,12 +227,12 @@ def _entries(payload: Any) -> tuple[list[Entry], bool]:
         # A name is one path segment; anything else is not an entry of this directory.
         if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and kind in ("dir", "file"):
             entries.append(Entry(name, kind))
-    return entries, bool(isinstance(payload, dict) and payload.get("truncated"))
+    return entries, bool(payload.get("truncated"))
 
 
 def _text(reply: Any) -> str:
-    payload = _payload(reply)
-    if isinstance(payload, dict) and isinstance(payload.get("text"), str):
+    payload = tool_result_data(reply)
+    if isinstance(payload.get("text"), str):
         return str(payload["text"])
     resources = [item.text for item in reply.content if item.type == "resource" and item.text]
     return "".join(resources or [item.text for item in reply.content if item.text])
@@ -305,7 +295,7 @@ class RegistryRepository:
         return reply
 
     async def list(self, path: str) -> Sequence[Entry]:
-        entries, cut = _entries(_payload(await self._call(self._tree, path)))
+        entries, cut = _entries(tool_result_data(await self._call(self._tree, path)))
         if cut:
             self.cut.append(path)
         return entries

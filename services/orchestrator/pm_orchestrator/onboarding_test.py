@@ -42,8 +42,8 @@ def test_a_listing_keeps_only_plain_entries_of_that_directory() -> None:
     )
     assert entries == [Entry("src", "dir"), Entry("go.mod", "file")]
     assert cut
-    # A bare list, as some servers answer, is read the same way.
-    assert _entries([{"name": "a.py", "type": "file", "path": "a.py"}]) == ([Entry("a.py", "file")], False)
+    # A bare list, as some servers answer (tool_result_data puts it under `items`), is read the same way.
+    assert _entries({"items": [{"name": "a.py", "type": "file", "path": "a.py"}]}) == ([Entry("a.py", "file")], False)
     with pytest.raises(ReadFailed, match="not a list of entries"):
         _entries({"text": "no listing here"})
 
