@@ -403,7 +403,7 @@ async def test_balanced_and_deep_modes_hypothesize_verify_and_conclude_with_the_
             }
             if mode == "deep":
                 triaged = outputs["triage"]
-                assert (triaged["reasoner"], triaged["prompt_version"], triaged["model"]) == ("llm", 2, MODELS[model])
+                assert (triaged["reasoner"], triaged["prompt_version"], triaged["model"]) == ("llm", 3, MODELS[model])
                 # The claim citing an invented call was removed and counted; the rule onset stands.
                 assert (triaged["rejected_claims"], triaged["onset_changed"]) == (1, False)
                 assert triaged["gather_services"] == ["api-gateway", "checkout", "payments"]
@@ -604,3 +604,66 @@ async def test_the_models_spending_past_the_cost_budget_stops_the_investigation(
                 )
             }
             assert "verify" not in phases  # nothing was dispatched after the stop
+
+
+def _triage_reads_the_alert_itself(body: dict[str, Any]) -> Reply:
+    """The rules could not read the alert: the agent reads the alerted metric itself."""
+    context = _context(body)
+    assert context["alert"] == {}
+    assert any("the triage agent reads the alert itself" in p for p in context["problems"])
+    metric = {"metric": "error_ratio", "service": "api-gateway", "step_seconds": 60}
+    return message(tool_use("query_metrics", metric))
+
+
+def _triage_sets_the_onset(body: dict[str, Any]) -> Reply:
+    (series,) = _tool_results(body)
+    read = CALL_ID.search(series)
+    assert read, series[:200]
+    answer = {
+        "symptom": "api-gateway's error ratio rose from 1 % to 10 %.",
+        "symptom_evidence": [{"claim": "api-gateway error_ratio rose to 0.1", "call_ids": [read.group(1)]}],
+        "severity": "critical",
+        "affected_services": ["api-gateway"],
+        "onset": "2026-03-17T09:50:00Z",
+        "onset_evidence": [{"claim": "api-gateway error_ratio left 0.01 at 09:50", "call_ids": [read.group(1)]}],
+    }
+    return message(tool_use("submit", answer))
+
+
+async def test_when_the_rules_cannot_read_the_alert_the_triage_agent_reads_it_and_sets_the_window(
+    tmp_path: Path,
+) -> None:
+    # The alert tool takes other arguments than the rules pass (here: the ticket tool stands in
+    # for an alert server of another shape), so the rule triage's call is refused.
+    servers = (
+        registry_config(SCENARIO)
+        .replace(
+            "      get_ticket: {capabilities: [tickets.get]}\n", "      get_ticket: {capabilities: [alerts.get]}\n"
+        )
+        .replace("      get_alert: {capabilities: [alerts.get]}\n", "")
+    )
+    assert "get_ticket: {capabilities: [alerts.get]}" in servers
+    async with running_fake_llm() as llm:
+        llm.anthropic(_triage_reads_the_alert_itself, _triage_sets_the_onset)
+        roles = json.dumps({"deep": {"triage": "deep"}})
+        settings = {**_keys(llm), **MODELS, "LLM_MODE_ROLES": roles}
+        async with _engine(tmp_path, servers, settings=settings) as stack:
+            investigation_id = await _submit(stack, "SHOP-63", mode="deep")
+            row = await _until_done(stack, investigation_id)
+            assert row["status"] == "completed", row["error"]
+            assert llm.unanswered() == 0
+            triaged = json.loads(
+                await stack.db.fetchval(
+                    "SELECT output FROM investigation_steps WHERE investigation_id = $1::uuid AND phase = 'triage'"
+                    " AND status = 'succeeded'",
+                    investigation_id,
+                )
+            )
+            assert "the alert could not be read" in triaged["rule_error"]
+            assert (triaged["onset"], triaged["onset_changed"]) == ("2026-03-17T09:50:00Z", True)
+            # GATHER searched from six hours before the agent's onset, and the rules found the culprit.
+            assert row["verdict"] in ("ROOT_CAUSE", "PROBABLE_CAUSE"), row["summary"]
+            report = await stack.queries.GetReport(
+                investigation_pb2.GetReportRequest(id=investigation_id), metadata=AUTH, timeout=10
+            )
+            assert report.culprit_change.ref == CULPRIT

@@ -42,9 +42,9 @@ from pm_worker.llm.conclude import RegistryTools
 from pm_worker.llm.gather_context import report_view
 from pm_worker.llm.loop import LoopResult
 from pm_worker.llm.protocol import AnswerMissing, ProviderRejected, StructuredOutputInvalid
-from pm_worker.llm.roles import LLMSetup, run_llm_role
-from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION, ContextSources
-from pm_worker.rules.steps import StepInputError, load_case, run_role
+from pm_worker.llm.roles import Assignment, LLMSetup, run_llm_role
+from pm_worker.rules.reasoner import CANDIDATES_PER_ITERATION, Case, ContextSources
+from pm_worker.rules.steps import StepInputError, dump_case, load_case, run_role
 from pm_worker.rules.toolbox import InvestigationEnded, RegistryToolBox
 from pm_worker.similar import hypothesis_context, knowledge_context
 
@@ -179,9 +179,7 @@ class StepExecutor:
                 timeout_seconds=self._tool_timeout,
             )
             states = [await self._read_state(uri) for uri in inputs.get("state_uris", [])]
-            state, output = await run_role(
-                tools, task.agent_role, states, per_iteration=self._per_iteration, sources=self._context(inputs)
-            )
+            state, output = await self._rule_step(task, tools, states, inputs)
             if "similar_incidents" in inputs:
                 # What HYPOTHESIZE was given of similar past incidents, or why it abstained.
                 output = {**output, "similar_incidents": hypothesis_context(inputs["similar_incidents"])}
@@ -243,6 +241,32 @@ class StepExecutor:
         )
         return result
 
+    async def _rule_step(
+        self,
+        task: events_pb2.AgentTask,
+        tools: RegistryToolBox,
+        states: list[dict[str, Any]],
+        inputs: Mapping[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rule reasoner's step of the task's role: its state and output."""
+        try:
+            return await run_role(
+                tools, task.agent_role, states, per_iteration=self._per_iteration, sources=self._context(inputs)
+            )
+        except StepInputError as exc:
+            if task.agent_role != "triage" or self._assignment(task) is None:
+                raise
+            # The rules could not read the alert (a tool of another shape, say): the triage agent,
+            # which sees each tool's own schema, reads it and sets the onset itself.
+            state = dump_case(Case(problems=[f"triage: {exc}; the triage agent reads the alert itself"]))
+            return state, {"alert": {}, "onset": None, "fired_at": None, "rule_error": str(exc)}
+
+    def _assignment(self, task: events_pb2.AgentTask) -> Assignment | None:
+        """Who runs the task's role with a model (None: the rule reasoner's step stands)."""
+        if self._llm is None or task.reasoner == "rule":
+            return None
+        return self._llm.assignment(task.model_tier, task.agent_role)
+
     def _context(self, inputs: Mapping[str, Any]) -> ContextSources:
         """Where this task's GATHER context part looks: the orchestrator names the ticket and channel."""
         given = inputs.get("context")
@@ -265,11 +289,7 @@ class StepExecutor:
         """The role's LLM agent on the rule reasoner's state and output, when the task's mode gives
         the LLM this role (pm_worker.llm.modes); otherwise the rule reasoner's step stands. Returns
         (state, output, the model's turns) and fills the result's model and usage."""
-        agent = (
-            None
-            if self._llm is None or task.reasoner == "rule"
-            else self._llm.assignment(task.model_tier, task.agent_role)
-        )
+        agent = self._assignment(task)
         if agent is None:
             return carry_notes(states, state), output, []
         # The agent's own tool calls are audited as its, not the rule reasoner's.

@@ -554,7 +554,7 @@ async def test_a_cited_triage_moves_the_onset_and_names_the_first_failing_servic
     assert step.output["rule_onset"] == "2026-03-17T09:50:00Z"
     assert (step.output["onset_changed"], step.output["first_failing_changed"]) == (True, True)
     assert (step.output["severity"], step.output["gather_services"]) == ("critical", ["payments", "ledger"])
-    assert (step.output["reasoner"], step.output["tier"], step.output["prompt_version"]) == ("llm", "deep", 2)
+    assert (step.output["reasoner"], step.output["tier"], step.output["prompt_version"]) == ("llm", "deep", 3)
     assert step.output["alert"]["service"] == "api-gateway"  # the rule triage's summary stays
     notes = step.state[NOTES_KEY]["triage"]
     assert (notes["first_failing_service"], notes["severity"]) == ("payments", "critical")

@@ -6,7 +6,9 @@ and metrics again through the role's tools (other services' metrics, a wider win
 `Triage`. Its answer goes back into the same state GATHER reads:
 
 - a different onset, only with cited evidence and within `MAX_ONSET_LEAD` before the alert fired
-  (GATHER's search window is anchored on it);
+  (GATHER's search window is anchored on it); when the rules could not read the alert (a tool of
+  another shape), the agent reads it with the tool's own arguments and its cited onset, not in
+  the future, anchors the window;
 - a first failing service candidate and the affected services (blast radius), only with cited
   evidence; the rule HYPOTHESIZE recomputes the failure order from everything gathered and keeps
   the candidate where the gathered facts tie (or show no departure at all), and says so where
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pm_worker.llm.citations import TriageReview
@@ -94,6 +96,8 @@ def apply(case: Case, review: TriageReview) -> Applied:
                 f"onset {iso(at)}: not within {MAX_ONSET_LEAD} before the alert fired ({iso(anchor)}), so the"
                 " rule reasoner's onset stands"
             )
+        elif anchor is None and at > datetime.now(UTC):
+            refused.append(f"onset {iso(at)}: in the future")
         elif at != case.onset:
             case.onset = at
             onset_changed = True
