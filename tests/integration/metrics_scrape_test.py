@@ -30,7 +30,12 @@ from pm.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 SCENARIO = Path(__file__).resolve().parents[2] / "services" / "sandbox" / "scenarios" / "payments-retry-storm"
 API_KEY = "scrape-test-key-0001"
 # Families a rule-reasoner run leaves without samples.
-UNSAMPLED = {"pm_llm_tokens_total", "pm_llm_cost_dollars_total"}
+UNSAMPLED = {
+    "pm_llm_tokens_total",
+    "pm_llm_cost_dollars_total",
+    "pm_llm_fallback_steps_total",
+    "pm_llm_rejected_claims_total",
+}
 
 
 def _scraped(texts: list[str]) -> tuple[dict[str, set[str]], set[str]]:

@@ -297,6 +297,7 @@ class StepExecutor:
         step = await run_llm_role(agent, RegistryTools(tools), states, state, output, per_iteration=self._per_iteration)
         if step.result is not None:
             self._record_usage(step.result, result, str(inputs.get("server", "")))
+            self._llm_metrics.step(task.agent_role, step.result, step.output)
         return step.state, step.output, step.trace
 
     def _record_usage(self, loop_result: LoopResult[Any], result: events_pb2.AgentResult, domain: str) -> None:
@@ -345,11 +346,32 @@ class WorkerMetrics:
 
 
 class LLMMetrics:
-    """pm_llm_tokens_total{model,type} and pm_llm_cost_dollars_total{model,domain}."""
+    """pm_llm_tokens_total{model,type}, pm_llm_cost_dollars_total{model,domain}, and per role the
+    steps that continued on the fallback provider and the claims the citation checker removed."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.tokens = Counter("pm_llm_tokens", "LLM tokens by model and type.", ["model", "type"], registry=registry)
         self.cost = Counter("pm_llm_cost_dollars", "LLM spend in US dollars.", ["model", "domain"], registry=registry)
+        self.fallbacks = Counter(
+            "pm_llm_fallback_steps",
+            "LLM steps that switched to the fallback provider mid-step.",
+            ["role", "provider"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "pm_llm_rejected_claims",
+            "Model claims removed for citing no tool call of the investigation.",
+            ["role"],
+            registry=registry,
+        )
+
+    def step(self, role: str, result: LoopResult[Any], output: Mapping[str, Any]) -> None:
+        """What one LLM step did: a switch to the fallback provider, the claims removed."""
+        if result.switched_provider:
+            self.fallbacks.labels(role, result.provider).inc()
+        rejected = output.get("rejected_claims")
+        if isinstance(rejected, int) and rejected > 0:
+            self.rejected.labels(role).inc(rejected)
 
     def record(self, usage_by_model: Mapping[str, Any], domain: str) -> None:
         for model, usage in usage_by_model.items():
