@@ -142,7 +142,7 @@ def test_the_dashboard_has_the_guides_panels_and_a_datasource_variable() -> None
                 cells.add((x, y))
 
 
-def test_the_guides_five_alerts_and_the_operators_three_are_there() -> None:
+def test_the_guides_five_alerts_and_the_operators_four_are_there() -> None:
     names = {alert for alert, _ in _expressions()}
     assert names == {
         "HighInvestigationFailureRate",
@@ -153,6 +153,7 @@ def test_the_guides_five_alerts_and_the_operators_three_are_there() -> None:
         "NoWorkerConsuming",
         "OutboxLag",
         "WebhookSignatureFailures",
+        "LLMFallbackInUse",
     }
 
 
