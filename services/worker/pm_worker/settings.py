@@ -13,6 +13,7 @@ from pm_settings import (
     argument_templates,
 )
 from pm_worker.llm.modes import DEFAULT_MODE_ROLES, DEFAULT_ROLE_LIMITS, mode_roles, role_limits
+from pm_worker.rules.reasoner import ContextSources
 
 
 class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, RegistryClientSettings):
@@ -61,8 +62,8 @@ class WorkerSettings(ServiceSettings, RedisSettings, ObjectStoreSettings, Regist
     # GATHER's context part: the arguments of the `tickets.get` tool (over {ticket_id}; only ids
     # that look like issue keys are looked up) and of the `comms.search` tool (over {service}, the
     # alerted service, and {channel}, the chat channel the investigation was asked from).
-    context_ticket_arguments: dict[str, str] = Field(default_factory=lambda: {"issue_key": "{ticket_id}"})
-    context_chat_arguments: dict[str, str] = Field(default_factory=lambda: {"query": "{service}"})
+    context_ticket_arguments: dict[str, str] = Field(default_factory=lambda: dict(ContextSources().ticket_arguments))
+    context_chat_arguments: dict[str, str] = Field(default_factory=lambda: dict(ContextSources().chat_arguments))
 
     @field_validator("context_ticket_arguments", mode="before")
     @classmethod

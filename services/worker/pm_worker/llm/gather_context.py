@@ -25,7 +25,6 @@ from pm_worker.rules.reasoner import LOOKBACK, Case
 from pm_worker.rules.signals import iso
 
 MAX_TEXT = 2000  # characters of any one ticket field or chat message shown
-MAX_MESSAGES = 50
 
 
 def _short(value: Any) -> Any:
@@ -77,7 +76,7 @@ def context(case: Case, notes: Mapping[str, Any]) -> str:
         **({"triage_agent": triage} if (triage := triage_notes(notes)) else {}),
         "tickets": [_short(t) for t in case.tickets],
         "ticket_call_ids": case.calls.get("ticket", []),
-        "messages": [_short(m) for m in case.messages[:MAX_MESSAGES]],
+        "messages": [_short(m) for m in case.messages],  # at most reasoner.MAX_MESSAGES
         "chat_call_ids": case.calls.get("chat", []),
         "problems": case.problems,
     }
